@@ -1,0 +1,1 @@
+"""Runs untrusted LogiCode programs in isolated worker processes."""
