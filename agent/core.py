@@ -1,0 +1,411 @@
+"""The agent: perceive, check the rules with a cached LogiCode program, fuse, explain.
+
+``Agent.run`` is the one-call entry point. Batch users call ``prepare`` once per rule
+set and reference set (it fits the detectors and writes the program) and then
+``run_prepared`` per image: that is the hot path, and it loads nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from detectors.images import ImageInput, load_image
+from prompts.rules import NormalityRules, RulesInput, load_rules
+
+from .config import AgentConfig
+from .fusion import explain, fuse
+from .logicode import LogiCodeGenerator, LogiCodeProgram, ProgramCache, assemble, program_key, validate_pinned
+from .schema import Finding, ProgramInfo, Region, Verdict
+
+log = logging.getLogger(__name__)
+
+#: perception works on images no larger than this (long side); geometry is reported at full size
+MAX_INPUT_SIDE = 4096
+
+
+def image_digest(image) -> str:
+    arr = np.asarray(image)
+    h = hashlib.sha256(str(arr.shape).encode())
+    h.update(np.ascontiguousarray(arr[::2, ::2]).tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Context:
+    """Everything fitted for one rule set and reference set; reused for every image."""
+
+    rules: NormalityRules
+    refset_hash: str
+    parser: Any
+    structural: Any = None
+    reference_scenes: list[dict] = field(default_factory=list)
+    program: Optional[LogiCodeProgram] = None
+    program_path: Optional[Path] = None
+    logic_note: str = ""
+    zero_shot: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Agent:
+    """Logical anomaly inspection with a language model, detectors and a sandbox.
+
+    >>> agent = Agent()
+    >>> verdict = agent.run("img.png", category="screw_bag", references=["ref1.png", "ref2.png"])
+    """
+
+    def __init__(self, config: AgentConfig | dict | None = None, *, chat_model: Any = None):
+        if isinstance(config, dict):
+            config = AgentConfig.model_validate(config)
+        self.config = config or AgentConfig()
+        self._chat_model = chat_model
+        self._lock = threading.RLock()
+        self._contexts: dict[str, Context] = {}
+        self._programs = ProgramCache(self.config.cache_dir / "programs" if self.config.use_disk_cache else None)
+        self.last_verdict: Optional[Verdict] = None
+        self.last_scene = None
+        self.last_anomaly_map: Optional[np.ndarray] = None
+        self.last_context: Optional[Context] = None
+
+    # -- models -------------------------------------------------------------------------
+    @property
+    def llm_config(self):
+        from agent.llm import LLMConfig
+
+        return LLMConfig(**(self.config.llm or {}))
+
+    @property
+    def model_id(self) -> str:
+        from agent.llm import model_id
+
+        return model_id(self.llm_config)
+
+    @property
+    def chat_model(self):
+        """The LangChain chat model, loaded once, lazily."""
+        with self._lock:
+            if self._chat_model is None:
+                from agent.llm import make_chat_model
+
+                self._chat_model = make_chat_model(self.llm_config)
+            return self._chat_model
+
+    def _chat(self, messages: list) -> str:
+        from agent.llm import invoke_with_timeout
+
+        return invoke_with_timeout(self.chat_model, messages, self.config.generation_timeout_s)
+
+    # -- preparation ----------------------------------------------------------------------
+    def prepare(
+        self,
+        rules: RulesInput = None,
+        references: Optional[Sequence[ImageInput]] = None,
+        category: Optional[str] = None,
+        class_context: Optional[str] = None,
+    ) -> Context:
+        """Fit the detectors on the references and get (cached or new) LogiCode for the rules."""
+        rules = load_rules(rules, category=category, class_context=class_context)
+        ref_images = [load_image(r, max_side=MAX_INPUT_SIDE) for r in (references or [])]
+        if not ref_images:
+            raise ValueError(
+                "prepare() needs at least one normal reference image; run() without references "
+                "uses the zero-shot mode instead."
+            )
+        return self._prepare(rules, ref_images, zero_shot=False)
+
+    def _prepare(self, rules: NormalityRules, ref_images: list, *, zero_shot: bool) -> Context:
+        refset_hash = hashlib.sha256("".join(image_digest(im) for im in ref_images).encode()).hexdigest()[:16]
+        key = f"{rules.digest()}:{refset_hash}:{zero_shot}"
+        with self._lock:
+            if key in self._contexts:
+                return self._contexts[key]
+            timings: dict[str, float] = {}
+            t0 = time.perf_counter()
+            parser, structural = self._fit_perception(ref_images, refset_hash, structural=not zero_shot)
+            timings["fit_perception"] = time.perf_counter() - t0
+            ctx = Context(
+                rules=rules,
+                refset_hash=refset_hash,
+                parser=parser,
+                structural=structural,
+                # In zero-shot mode the only "reference" is the query itself: nothing to compare with.
+                reference_scenes=[] if zero_shot else [s.model_dump(mode="json") for s in parser.reference_scenes],
+                zero_shot=zero_shot,
+                timings=timings,
+            )
+            t0 = time.perf_counter()
+            self._attach_program(ctx)
+            timings["program"] = time.perf_counter() - t0
+            self._contexts[key] = ctx
+            return ctx
+
+    def _fit_perception(self, ref_images: list, refset_hash: str, *, structural: bool):
+        from detectors import PatchCore, SceneParser
+
+        pc = self.config.perception
+        fitted_dir = self.config.cache_dir / "fitted" / f"{pc.backbone}-{refset_hash}"
+        parser = structural_detector = None
+        if self.config.use_disk_cache and (fitted_dir / "parser").exists():
+            try:
+                parser = SceneParser.load(fitted_dir / "parser")
+                if structural and (fitted_dir / "structural").exists():
+                    structural_detector = PatchCore.load(fitted_dir / "structural")
+            except Exception as exc:  # a stale or corrupt cache entry is refitted, never fatal
+                log.warning("refitting: cached detectors in %s unusable (%s)", fitted_dir, exc)
+                parser = structural_detector = None
+        if parser is None:
+            parser = SceneParser(backbone=pc.backbone).fit(ref_images)
+            if pc.part_names:
+                parser.set_part_names(pc.part_names)
+            if self.config.use_disk_cache:
+                parser.save(fitted_dir / "parser")
+        if structural and pc.structural and structural_detector is None:
+            structural_detector = PatchCore(backbone=pc.backbone).fit(ref_images)
+            if self.config.use_disk_cache:
+                structural_detector.save(fitted_dir / "structural")
+        return parser, structural_detector
+
+    def _attach_program(self, ctx: Context) -> None:
+        import sandbox
+
+        if self.config.pinned_program is not None:
+            path = Path(self.config.pinned_program)
+            source = path.read_text(encoding="utf-8")
+            problems = validate_pinned(
+                source, run=self._run_sandboxed, check_source=sandbox.check_source,
+                reference_scenes=ctx.reference_scenes,
+            )
+            ctx.program = LogiCodeProgram(
+                key="pinned-" + hashlib.sha256(source.encode()).hexdigest()[:16], category=ctx.rules.category,
+                model_id="user", origin="pinned", functions=[], source=source,
+            )
+            ctx.program_path = path
+            if problems:
+                ctx.logic_note = "The pinned program has problems on the references: " + "; ".join(problems[:3])
+            return
+
+        parts_table = ctx.parser.describe_parts()
+        try:
+            model_id = self.model_id
+        except Exception as exc:
+            ctx.logic_note = f"Logic check unavailable: no language model ({exc})."
+            return
+        key = program_key(ctx.rules, ctx.refset_hash + ("-zs" if ctx.zero_shot else ""), sandbox.API_VERSION,
+                          model_id, parts_table)
+        program = self._programs.get(key)
+        if program is None:
+            generator = LogiCodeGenerator(
+                self._chat,
+                run=self._run_sandboxed,
+                check_source=sandbox.check_source,
+                api_reference=sandbox.API_REFERENCE,
+                repair_rounds=self.config.repair_rounds,
+            )
+            try:
+                program = generator.generate(
+                    ctx.rules, parts_table=parts_table, reference_scenes=ctx.reference_scenes,
+                    key=key, model_id=model_id,
+                    validation_scenes=(
+                        [s.model_dump(mode="json") for s in ctx.parser.reference_scenes] if ctx.zero_shot else None
+                    ),
+                )
+            except Exception as exc:  # e.g. the model cannot be loaded
+                log.warning("LogiCode generation failed: %s", exc)
+                ctx.logic_note = f"Logic check unavailable: program generation failed ({exc})."
+                return
+            self._programs.put(program)
+        else:
+            program = program.model_copy(update={"origin": "cached"})
+        ctx.program = program
+        ctx.program_path = self._programs.path_of(key)
+        if program.unavailable:
+            reasons = "; ".join(f"{rid}: {why}" for rid, why in program.unavailable.items())
+            ctx.logic_note = (
+                f"Logic check unavailable for rule(s) {', '.join(program.unavailable)} "
+                f"after {1 + self.config.repair_rounds} attempts ({reasons[:400]}); "
+                "the composition and structural scores cover them."
+            )
+
+    def _run_sandboxed(self, source: str, entrypoint: str, args: dict):
+        from sandbox import run_program
+
+        return run_program(
+            source, entrypoint, args,
+            timeout_s=self.config.program_timeout_s, memory_mb=self.config.program_memory_mb,
+        )
+
+    # -- inspection -----------------------------------------------------------------------
+    def run(
+        self,
+        image: ImageInput,
+        rules: RulesInput = None,
+        references: Optional[Sequence[ImageInput]] = None,
+        category: Optional[str] = None,
+        class_context: Optional[str] = None,
+    ) -> Verdict:
+        """Inspect one image against the rules; returns a :class:`Verdict`."""
+        rules_obj = load_rules(rules, category=category, class_context=class_context)
+        img = load_image(image, max_side=MAX_INPUT_SIDE)
+        if references:
+            ctx = self._prepare(rules_obj, [load_image(r, max_side=MAX_INPUT_SIDE) for r in references], zero_shot=False)
+        else:
+            # Zero-shot: the parts are learned from the image itself, and only what the
+            # rules state explicitly can be checked.
+            ctx = self._prepare(rules_obj, [img], zero_shot=True)
+        return self.run_prepared(ctx, img, name=image if isinstance(image, (str, Path)) else None)
+
+    def run_prepared(self, ctx: Context, image: ImageInput, *, name: Any = None) -> Verdict:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        img = load_image(image, max_side=MAX_INPUT_SIDE)
+        timings["load"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        structural_result = ctx.structural.score(img) if ctx.structural is not None else None
+        timings["structural"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        scene = ctx.parser.parse(img)
+        composition = None if ctx.zero_shot else float(ctx.parser.composition_score(scene))
+        timings["parse"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        findings, logic_note = self._logic_findings(ctx, scene)
+        timings["logic"] = time.perf_counter() - t0
+
+        structural = structural_result.score if structural_result is not None else None
+        score, components = fuse(findings, structural=structural, composition=composition, config=self.config.fusion)
+        threshold = self.config.fusion.threshold
+        is_anomalous = score >= threshold
+        composition_notes = self._composition_notes(ctx, scene) if composition is not None else []
+        findings += self._evidence_findings(structural_result, composition, composition_notes, threshold)
+        verdict = Verdict(
+            score=score,
+            is_anomalous=is_anomalous,
+            threshold=threshold,
+            findings=findings,
+            explanation=explain(
+                [f for f in findings if f.source == "logicode"], score=score, is_anomalous=is_anomalous,
+                threshold=threshold, components=components, logic_note=logic_note,
+                composition_notes=composition_notes,
+            ),
+            category=ctx.rules.category,
+            image=str(name) if name is not None else None,
+            logic_available=ctx.program is not None and bool(ctx.program.source) and not logic_note.startswith("Logic check unavailable:"),
+            logic_note=logic_note,
+            component_scores=components,
+            anomaly_peak_xy=structural_result.peak_xy if structural_result is not None else None,
+            program=self._program_info(ctx),
+            timings=timings,
+            models=self._models_used(ctx),
+        )
+        self.last_verdict, self.last_scene, self.last_context = verdict, scene, ctx
+        self.last_anomaly_map = structural_result.anomaly_map if structural_result is not None else None
+        return verdict
+
+    def _logic_findings(self, ctx: Context, scene) -> tuple[list[Finding], str]:
+        note = ctx.logic_note
+        if ctx.program is None or not (ctx.program.checked_rule_ids or ctx.program.origin == "pinned"):
+            return [], note or "Logic check unavailable: no rule could be turned into a validated program."
+        res = self._run_sandboxed(
+            ctx.program.source, "check",
+            {"scene": scene.model_dump(mode="json"), "references": ctx.reference_scenes},
+        )
+        if not res.ok:
+            return [], f"Logic check unavailable for this image: the program failed ({res.error_kind}: {res.error})."
+        rules_by_id = {r.id: r for r in ctx.rules.rules}
+        findings = []
+        for item in res.value if isinstance(res.value, list) else []:
+            if not isinstance(item, dict) or str(item.get("rule_id")) not in rules_by_id:
+                continue
+            rule = rules_by_id[str(item["rule_id"])]
+            findings.append(
+                Finding(
+                    rule_id=rule.id,
+                    rule_text=rule.text,
+                    passed=item.get("passed") is True,
+                    expected=item.get("expected"),
+                    observed=item.get("observed"),
+                    explanation=str(item.get("explanation") or "")[:300],
+                    confidence=1.0,
+                    evidence=_regions(item.get("evidence")),
+                    source="logicode",
+                )
+            )
+        return findings, note
+
+    @staticmethod
+    def _composition_notes(ctx: Context, scene) -> list[str]:
+        report = getattr(ctx.parser, "composition_report", None)
+        if report is None:
+            return []
+        notes = []
+        for row in report(scene)[:3]:
+            notes.append(str(row))
+        return notes
+
+    @staticmethod
+    def _evidence_findings(structural_result, composition, composition_notes, threshold) -> list[Finding]:
+        out = []
+        if structural_result is not None:
+            x, y = structural_result.peak_xy or (0, 0)
+            out.append(
+                Finding(
+                    rule_id="structural", rule_text="No local defect (scratch, contamination, damage).",
+                    passed=structural_result.score < threshold, expected=f"< {threshold:.2f}",
+                    observed=round(structural_result.score, 3),
+                    explanation=f"structural anomaly score, peak at ({x}, {y})",
+                    confidence=1.0, source="structural",
+                    evidence=[Region(bbox=(max(0, x - 32), max(0, y - 32), x + 32, y + 32), label="peak")]
+                    if structural_result.peak_xy else [],
+                )
+            )
+        if composition is not None:
+            out.append(
+                Finding(
+                    rule_id="composition", rule_text="The mix of parts matches the references.",
+                    passed=composition < threshold, expected=f"< {threshold:.2f}", observed=round(composition, 3),
+                    explanation="; ".join(composition_notes[:2])[:300] or "rules-free composition score",
+                    confidence=1.0, source="composition",
+                )
+            )
+        return out
+
+    def _program_info(self, ctx: Context) -> Optional[ProgramInfo]:
+        if ctx.program is None:
+            return None
+        attempts = max((f.attempts for f in ctx.program.functions), default=1)
+        return ProgramInfo.of(
+            ctx.program.source, model_id=ctx.program.model_id,
+            origin=ctx.program.origin if ctx.program.origin in ("generated", "pinned", "cached") else "generated",
+            attempts=attempts, path=str(ctx.program_path) if ctx.program_path else None,
+        )
+
+    def _models_used(self, ctx: Context) -> dict[str, str]:
+        models = {"scene_parser": f"SceneParser({self.config.perception.backbone})"}
+        if ctx.structural is not None:
+            models["structural"] = f"PatchCore({self.config.perception.backbone})"
+        if ctx.program is not None:
+            models["logicode"] = ctx.program.model_id
+        return models
+
+
+def _regions(evidence: Any) -> list[Region]:
+    out = []
+    for item in evidence or []:
+        box = item.get("bbox") if isinstance(item, dict) else item
+        try:
+            x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+            out.append(Region(bbox=(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))))
+        except (TypeError, ValueError):
+            continue
+    return out[:50]
+
+
+__all__ = ["Agent", "Context", "assemble"]

@@ -1,0 +1,90 @@
+"""Score fusion and explanations, built deterministically from the evidence.
+
+The detectors calibrate their scores on the references (leave-one-out), so that 0.5
+marks the edge of what the references showed. The fused score keeps that meaning:
+a failed logic check puts the image above the threshold, and the continuous
+evidence orders images within each side, which is what AUROC rewards.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from .config import FusionConfig
+from .schema import Finding
+
+
+def fuse(
+    findings: Sequence[Finding],
+    *,
+    structural: Optional[float],
+    composition: Optional[float],
+    config: FusionConfig,
+) -> tuple[float, dict[str, float]]:
+    """Return ``(score, component scores)``, all in [0, 1]."""
+    components: dict[str, float] = {}
+    evidence = 0.0
+    if structural is not None:
+        components["structural"] = float(structural)
+        evidence = max(evidence, config.weight_structural * structural)
+    if composition is not None:
+        components["composition"] = float(composition)
+        evidence = max(evidence, config.weight_composition * composition)
+
+    logic = [f for f in findings if f.source == "logicode"]
+    if logic:
+        failed = [f for f in logic if not f.passed]
+        severity = sum(f.confidence for f in failed) / len(logic)
+        components["logic"] = severity
+        if failed:
+            # Any confident failed rule is an anomaly; the rest of the evidence orders them.
+            score = config.threshold + (1.0 - config.threshold) * max(severity, evidence)
+            return min(1.0, max(config.threshold + 1e-6, score)), components
+    return min(1.0, max(0.0, evidence)), components
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def finding_sentence(f: Finding) -> str:
+    """One sentence per finding, with observed vs expected values."""
+    status = "passed" if f.passed else "FAILED"
+    values = ""
+    if f.expected is not None or f.observed is not None:
+        values = f": expected {_fmt(f.expected)}, observed {_fmt(f.observed)}"
+    what = f" ({f.explanation})" if f.explanation else ""
+    return f"Rule {f.rule_id} {status} — \"{f.rule_text}\"{values}{what}."
+
+
+def explain(
+    findings: Sequence[Finding],
+    *,
+    score: float,
+    is_anomalous: bool,
+    threshold: float,
+    components: dict[str, float],
+    logic_note: str = "",
+    composition_notes: Sequence[str] = (),
+) -> str:
+    head = (
+        f"{'ANOMALOUS' if is_anomalous else 'Normal'} (score {score:.2f}, threshold {threshold:.2f})."
+    )
+    lines = [head]
+    failed = [f for f in findings if not f.passed]
+    passed = [f for f in findings if f.passed]
+    lines += [finding_sentence(f) for f in failed]
+    if passed:
+        lines.append("Passed: " + ", ".join(f.rule_id for f in passed) + ".")
+    if logic_note:
+        lines.append(logic_note)
+    structural = components.get("structural")
+    if structural is not None and structural >= threshold:
+        lines.append(f"The structural detector sees a local defect (score {structural:.2f}).")
+    composition = components.get("composition")
+    if composition is not None and composition >= threshold:
+        lines.append(f"The mix of parts deviates from the references (composition score {composition:.2f}).")
+        lines += list(composition_notes)[:3]
+    return " ".join(lines) if len(lines) < 3 else "\n".join(lines)

@@ -1,0 +1,337 @@
+"""LogiCode: a language model writes one small check function per rule; we validate,
+repair and cache them, and run the assembled program in the sandbox.
+
+Why per rule: a small local model writes a short function far more reliably than a
+whole program, a bad rule is repaired (or given up) alone, and the shared prompt
+prefix (context, parts, helper API) is evaluated once by the model's prompt cache.
+
+Validation is strict: the function must pass the sandbox's static check, run on every
+normal reference, and PASS on every one of them. A check that flags a normal
+reference is wrong by construction.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from pydantic import BaseModel, Field
+
+from prompts.logicode import (
+    LOGICODE_TEMPLATE_VERSION,
+    logicode_repair_request,
+    logicode_rule_request,
+    rule_function_name,
+)
+from prompts.rules import NormalityRules, Rule
+
+log = logging.getLogger(__name__)
+
+PRELUDE = "import math\nimport logicode as lc\n"
+SYSTEM_PROMPT = (
+    "You are an expert Python programmer who writes short, correct inspection checks. "
+    "You only use the helpers you are given."
+)
+
+
+class RuleFunction(BaseModel):
+    rule_id: str
+    function_name: str
+    source: Optional[str] = Field(default=None, description="the validated function, or None if it failed")
+    attempts: int = 0
+    problems: list[str] = Field(default_factory=list, description="what went wrong in each failed attempt")
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.source is not None
+
+
+class LogiCodeProgram(BaseModel):
+    """An assembled, validated program: the audit trail of the logic check."""
+
+    key: str
+    category: str
+    model_id: str
+    origin: str = "generated"
+    functions: list[RuleFunction]
+    source: str
+    created: float = Field(default_factory=time.time)
+    generation_seconds: float = 0.0
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.source.encode()).hexdigest()
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        return {
+            f.rule_id: (f.problems[-1] if f.problems else "no program")
+            for f in self.functions
+            if not f.ok
+        }
+
+    @property
+    def checked_rule_ids(self) -> list[str]:
+        return [f.rule_id for f in self.functions if f.ok]
+
+
+def assemble(functions: Sequence[tuple[str, str, str]]) -> str:
+    """One program from ``(rule_id, function_name, source)`` parts, with a ``check`` entry point
+    that isolates each rule: a rule whose check raises yields a failed finding, not a lost verdict."""
+    body = [PRELUDE]
+    for _, _, src in functions:
+        body.append(src.strip() + "\n")
+    table = ", ".join(f"({rid!r}, {fname})" for rid, fname, _ in functions)
+    body.append(
+        f"RULE_CHECKS = [{table}]\n\n"
+        "def check(scene, references):\n"
+        "    findings = []\n"
+        "    for rule_id, rule_check in RULE_CHECKS:\n"
+        "        try:\n"
+        "            findings.append(rule_check(scene, references))\n"
+        "        except Exception as error:\n"
+        "            findings.append(lc.finding(rule_id, False, None, None,\n"
+        "                                       'the check could not be evaluated: ' + str(error)))\n"
+        "    return findings\n"
+    )
+    return "\n".join(body)
+
+
+def clean_function(code: str, function_name: str) -> str:
+    """Keep the imports and function definitions of a model's answer, rename a lone
+    function to ``function_name``; drop example calls and prints at top level."""
+    tree = ast.parse(code)
+    kept: list[ast.stmt] = []
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    if not functions:
+        raise SyntaxError("the answer defines no function")
+    if not any(f.name == function_name for f in functions):
+        # The model named its function differently: take the last one as the rule check.
+        functions[-1].name = function_name
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.Import, ast.ImportFrom)):
+            kept.append(node)
+        elif isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
+            kept.append(node)
+    module = ast.Module(body=kept, type_ignores=[])
+    return ast.unparse(module)
+
+
+def program_key(rules: NormalityRules, refset_hash: str, api_version: str, model_id: str, parts_table: str) -> str:
+    blob = json.dumps(
+        {
+            "rules": rules.digest(),
+            "class_context": rules.class_context,
+            "refs": refset_hash,
+            "api": api_version,
+            "model": model_id,
+            "template": LOGICODE_TEMPLATE_VERSION,
+            "parts": hashlib.sha256(parts_table.encode()).hexdigest(),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class ProgramCache:
+    """Programs in memory and on disk (``<dir>/<key>.json`` plus a readable ``<key>.py``)."""
+
+    def __init__(self, directory: Optional[Path]):
+        self.directory = Path(directory) if directory else None
+        self._memory: dict[str, LogiCodeProgram] = {}
+
+    def get(self, key: str) -> Optional[LogiCodeProgram]:
+        if key in self._memory:
+            return self._memory[key]
+        if self.directory is not None:
+            path = self.directory / f"{key}.json"
+            if path.is_file():
+                try:
+                    program = LogiCodeProgram.model_validate_json(path.read_text(encoding="utf-8"))
+                except ValueError:
+                    log.warning("ignoring unreadable cached program %s", path)
+                    return None
+                self._memory[key] = program
+                return program
+        return None
+
+    def put(self, program: LogiCodeProgram) -> Optional[Path]:
+        self._memory[program.key] = program
+        if self.directory is None:
+            return None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / f"{program.key}.py").write_text(program.source, encoding="utf-8")
+        tmp = self.directory / f"{program.key}.json.tmp"
+        tmp.write_text(program.model_dump_json(indent=1), encoding="utf-8")
+        tmp.replace(self.directory / f"{program.key}.json")
+        return self.directory / f"{program.key}.py"
+
+    def path_of(self, key: str) -> Optional[Path]:
+        return self.directory / f"{key}.py" if self.directory else None
+
+
+def _describe_value(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) < 200 else text[:200] + "..."
+
+
+class LogiCodeGenerator:
+    """Writes, validates and repairs one check function per rule with a chat model."""
+
+    def __init__(
+        self,
+        chat: Callable[[list], str],
+        *,
+        run: Callable[..., Any],
+        check_source: Callable[[str], list],
+        api_reference: str,
+        repair_rounds: int = 3,
+    ):
+        """``chat(messages) -> text`` talks to the model; ``run(source, entrypoint, args)``
+        is ``sandbox.run_program``; ``check_source`` is the sandbox's static check."""
+        self.chat = chat
+        self.run = run
+        self.check_source = check_source
+        self.api_reference = api_reference
+        self.repair_rounds = repair_rounds
+
+    def generate(
+        self,
+        rules: NormalityRules,
+        *,
+        parts_table: str,
+        reference_scenes: Sequence[dict],
+        key: str,
+        model_id: str,
+        validation_scenes: Optional[Sequence[dict]] = None,
+    ) -> LogiCodeProgram:
+        """Write a function per rule. Each is validated on ``validation_scenes`` (by default
+        the references, where it must pass; in zero-shot mode the query, where it need only run)."""
+        start = time.perf_counter()
+        require_pass = validation_scenes is None
+        scenes = list(reference_scenes if validation_scenes is None else validation_scenes)
+        functions = [
+            self._generate_rule(
+                rules, rule, parts_table=parts_table, scenes=scenes,
+                references=list(reference_scenes), require_pass=require_pass,
+            )
+            for rule in rules.rules
+        ]
+        parts = [(f.rule_id, f.function_name, f.source) for f in functions if f.ok]
+        return LogiCodeProgram(
+            key=key,
+            category=rules.category,
+            model_id=model_id,
+            functions=functions,
+            source=assemble(parts),
+            generation_seconds=time.perf_counter() - start,
+        )
+
+    # -- one rule ---------------------------------------------------------------------
+    def _generate_rule(
+        self, rules: NormalityRules, rule: Rule, *, parts_table: str, scenes: list[dict],
+        references: list[dict], require_pass: bool,
+    ) -> RuleFunction:
+        from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+        start = time.perf_counter()
+        fname = rule_function_name(rule)
+        result = RuleFunction(rule_id=rule.id, function_name=fname)
+        messages: list = [
+            SystemMessage(SYSTEM_PROMPT),
+            HumanMessage(
+                logicode_rule_request(rules, rule, parts_table=parts_table, api_reference=self.api_reference)
+            ),
+        ]
+        for attempt in range(1 + self.repair_rounds):
+            result.attempts = attempt + 1
+            try:
+                answer = self.chat(messages)
+            except Exception as exc:  # a model that times out or errors: record and give up this rule
+                result.problems.append(f"the language model failed: {exc}")
+                break
+            source, problem, observations = self._validate(answer, fname, rule, scenes, references, require_pass)
+            if problem is None:
+                result.source = source
+                break
+            result.problems.append(problem)
+            log.info("rule %s attempt %d rejected: %s", rule.id, attempt + 1, problem)
+            messages += [
+                AIMessage(answer),
+                HumanMessage(logicode_repair_request(rule, problem=problem, observations=observations)),
+            ]
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _validate(
+        self, answer: str, fname: str, rule: Rule, scenes: list[dict], references: list[dict],
+        require_pass: bool,
+    ) -> tuple[Optional[str], Optional[str], str]:
+        """Returns ``(clean source, problem or None, observations for the repair prompt)``."""
+        from agent.llm import extract_code
+
+        code = extract_code(answer)
+        if not code:
+            return None, "The answer contains no Python code. Answer with the function in a ```python block.", ""
+        try:
+            source = clean_function(code, fname)
+        except SyntaxError as exc:
+            return None, f"The code is not valid Python: {exc}.", ""
+        problems = self.check_source(PRELUDE + source)
+        if problems:
+            return None, "The sandbox rejected the code: " + "; ".join(str(p) for p in problems[:3]), ""
+
+        driver = (
+            PRELUDE + source + "\n\n"
+            f"def check_all(scenes, references):\n"
+            f"    return [{fname}(s, references) for s in scenes]\n"
+        )
+        res = self.run(driver, "check_all", {"scenes": scenes, "references": references})
+        if not res.ok:
+            return None, f"Running it on the images failed ({res.error_kind}): {res.error}", ""
+        values = res.value
+        if not isinstance(values, list) or len(values) != len(scenes):
+            return None, "The function must return one finding (from lc.finding) per call.", ""
+        observations = []
+        failed = []
+        for i, value in enumerate(values, start=1):
+            if not isinstance(value, dict) or "passed" not in value:
+                return None, f"It returned {_describe_value(value)}; it must return lc.finding(...).", ""
+            observations.append(
+                f"On normal reference {i}: passed={value.get('passed')}, observed={_describe_value(value.get('observed'))}, "
+                f"expected={_describe_value(value.get('expected'))}."
+            )
+            if value.get("passed") is not True:
+                failed.append(i)
+        if failed and require_pass:
+            return (
+                None,
+                f"It reports the rule as violated on normal reference image(s) {failed}, which are correct by definition.",
+                "\n".join(observations),
+            )
+        if any(isinstance(v, dict) and v.get("rule_id") not in (None, rule.id) for v in values):
+            values_ids = sorted({str(v.get("rule_id")) for v in values})
+            return None, f"lc.finding must be given the rule id {rule.id!r}, not {values_ids}.", ""
+        return source, None, "\n".join(observations)
+
+
+def validate_pinned(source: str, *, run: Callable[..., Any], check_source: Callable[[str], list],
+                    reference_scenes: Sequence[dict]) -> list[str]:
+    """Problems a user-pinned program has on the references (empty when it is sound)."""
+    problems = [str(p) for p in check_source(source)]
+    if problems:
+        return problems
+    for i, scene in enumerate(reference_scenes, start=1):
+        res = run(source, "check", {"scene": scene, "references": list(reference_scenes)})
+        if not res.ok:
+            return [f"reference {i}: {res.error_kind}: {res.error}"]
+        if isinstance(res.value, list):
+            problems += [f"reference {i}: rule {f.get('rule_id')} failed" for f in res.value
+                         if isinstance(f, dict) and f.get("passed") is not True]
+    return problems
