@@ -21,7 +21,7 @@ from detectors.images import ImageInput, load_image
 from prompts.rules import NormalityRules, RulesInput, load_rules
 
 from .config import AgentConfig
-from .fusion import explain, fuse
+from .fusion import RULE_SOURCES, explain, fuse
 from .logicode import LogiCodeGenerator, LogiCodeProgram, ProgramCache, assemble, program_key, validate_pinned
 from .schema import Finding, ProgramInfo, Region, Verdict
 
@@ -51,6 +51,7 @@ class Context:
     program_path: Optional[Path] = None
     logic_note: str = ""
     zero_shot: bool = False
+    reference_images: list = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -138,6 +139,7 @@ class Agent:
                 # In zero-shot mode the only "reference" is the query itself: nothing to compare with.
                 reference_scenes=[] if zero_shot else [s.model_dump(mode="json") for s in parser.reference_scenes],
                 zero_shot=zero_shot,
+                reference_images=[] if zero_shot else ref_images,
                 timings=timings,
             )
             t0 = time.perf_counter()
@@ -276,7 +278,14 @@ class Agent:
         timings["parse"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        findings, logic_note = self._logic_findings(ctx, scene)
+        trace: list = []
+        if self.config.mode == "agentic":
+            findings, trace, logic_note = self._agentic_findings(ctx, img, scene, structural_result, composition)
+            if not findings:  # the model gave nothing usable: the validated program still stands
+                findings, pipeline_note = self._logic_findings(ctx, scene)
+                logic_note = " ".join(n for n in (logic_note, pipeline_note) if n)
+        else:
+            findings, logic_note = self._logic_findings(ctx, scene)
         timings["logic"] = time.perf_counter() - t0
 
         structural = structural_result.score if structural_result is not None else None
@@ -291,7 +300,7 @@ class Agent:
             threshold=threshold,
             findings=findings,
             explanation=explain(
-                [f for f in findings if f.source == "logicode"], score=score, is_anomalous=is_anomalous,
+                [f for f in findings if f.source in RULE_SOURCES], score=score, is_anomalous=is_anomalous,
                 threshold=threshold, components=components, logic_note=logic_note,
                 composition_notes=composition_notes,
             ),
@@ -304,6 +313,7 @@ class Agent:
             program=self._program_info(ctx),
             timings=timings,
             models=self._models_used(ctx),
+            tool_trace=trace,
         )
         self.last_verdict, self.last_scene, self.last_context = verdict, scene, ctx
         self.last_anomaly_map = structural_result.anomaly_map if structural_result is not None else None
@@ -339,6 +349,18 @@ class Agent:
                 )
             )
         return findings, note
+
+    def _agentic_findings(self, ctx: Context, img, scene, structural_result, composition):
+        from prompts.multimodal import build_inspection_messages
+
+        from .agentic import build_tools, run_agentic
+
+        tools = build_tools(scene=scene, ctx=ctx, structural_result=structural_result,
+                            composition=composition, run_program=self._run_sandboxed)
+        messages = build_inspection_messages(
+            ctx.rules, img, ctx.reference_images, scene_text=ctx.parser.describe_parts(), mode="images",
+        )
+        return run_agentic(self.chat_model, messages, tools, ctx.rules)
 
     @staticmethod
     def _composition_notes(ctx: Context, scene) -> list[str]:

@@ -13,6 +13,9 @@ from typing import Optional, Sequence
 from .config import FusionConfig
 from .schema import Finding
 
+#: findings that judge a normality rule (the rest is evidence from the detectors)
+RULE_SOURCES = ("logicode", "model")
+
 
 def fuse(
     findings: Sequence[Finding],
@@ -31,7 +34,7 @@ def fuse(
         components["composition"] = float(composition)
         evidence = max(evidence, config.weight_composition * composition)
 
-    logic = [f for f in findings if f.source == "logicode"]
+    logic = [f for f in findings if f.source in RULE_SOURCES]
     if logic:
         failed = [f for f in logic if not f.passed]
         severity = sum(f.confidence for f in failed) / len(logic)

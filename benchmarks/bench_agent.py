@@ -1,0 +1,173 @@
+"""Agent benchmark: quality on the synthetic set and on real MVTec LOCO images, speed, memory.
+
+Runs the CPU default model (llama.cpp Qwen2.5-Coder-1.5B) end to end. Programs are
+generated into a fresh cache directory, so generation time is measured, not recalled.
+Prints one line per figure and a final summary line.
+
+    python benchmarks/bench_agent.py [--per-kind N] [--categories a,b] [--skip-real]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent import Agent, AgentConfig  # noqa: E402
+from agent.demo import shared_dir  # noqa: E402
+from detectors.data.synth import CATEGORIES, SynthGenerator  # noqa: E402
+
+SEED = 20261122
+
+
+def auroc(labels, scores) -> float:
+    labels = np.asarray(labels)
+    if labels.min() == labels.max():
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
+
+
+def explains_violation(verdict) -> bool:
+    """Does the explanation name a failed rule and give observed vs expected?"""
+    failed = [f for f in verdict.findings if not f.passed and f.source in ("logicode", "model")]
+    text = verdict.explanation
+    return any(f"Rule {f.rule_id} FAILED" in text for f in failed) and bool(
+        re.search(r"expected .+, observed .+", text)
+    )
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def synthetic(agent: Agent, categories, per_kind: int, k: int, scale: float) -> dict:
+    per_cat = {}
+    gen_times, explained, detected_logical = [], 0, 0
+    for category in categories:
+        gen = SynthGenerator(category, seed=SEED, scale=scale)
+        refs = [gen.sample(i, kind="good").image for i in range(k)]
+        t0 = time.perf_counter()
+        ctx = agent.prepare(category=category, references=refs)
+        gen_times.append(ctx.timings.get("program", time.perf_counter() - t0))
+        rows = []
+        for kind in ("good", "logical", "structural"):
+            for i in range(per_kind):
+                sample = gen.sample(1000 + i, kind=kind)
+                verdict = agent.run_prepared(ctx, sample.image)
+                rows.append((kind, verdict.score))
+                if kind == "logical" and verdict.is_anomalous:
+                    detected_logical += 1
+                    explained += explains_violation(verdict)
+        good = [s for kd, s in rows if kd == "good"]
+        logical = [s for kd, s in rows if kd == "logical"]
+        structural = [s for kd, s in rows if kd == "structural"]
+        per_cat[category] = {
+            "logical_auroc": auroc([0] * len(good) + [1] * len(logical), good + logical),
+            "structural_auroc": auroc([0] * len(good) + [1] * len(structural), good + structural),
+            "rules_checked_by_code": f"{len(ctx.program.checked_rule_ids) if ctx.program else 0}/{len(ctx.rules.rules)}",
+            "program_seconds": round(gen_times[-1], 1),
+        }
+        print(f"synthetic {category}: {json.dumps(per_cat[category])}", flush=True)
+    return {
+        "per_category": per_cat,
+        "logical_auroc": float(np.nanmean([c["logical_auroc"] for c in per_cat.values()])),
+        "structural_auroc": float(np.nanmean([c["structural_auroc"] for c in per_cat.values()])),
+        "explained_fraction": explained / detected_logical if detected_logical else float("nan"),
+        "generation_seconds_max": max(gen_times),
+    }
+
+
+def real_cases(agent: Agent, shared: Path) -> dict:
+    out = {}
+    for case in sorted((shared / "loco" / "cases").iterdir()):
+        meta = json.loads((case / "rules.json").read_text())
+        kwargs = dict(rules=meta["rules"], category=meta["category"], class_context=meta["class_context"])
+        few = {name: agent.run(case / name, references=[case / "normal.png"], **kwargs) for name in ("normal.png", "abnormal.png")}
+        zero = {name: agent.run(case / name, **kwargs) for name in ("normal.png", "abnormal.png")}
+        out[case.name] = {
+            "normal_passed": not few["normal.png"].is_anomalous,
+            "abnormal_flagged": few["abnormal.png"].is_anomalous,
+            "abnormal_explanation": few["abnormal.png"].explanation,
+            "abnormal_shows": meta["abnormal_shows"],
+            "zero_shot_normal_passed": not zero["normal.png"].is_anomalous,
+            "zero_shot_abnormal_flagged": zero["abnormal.png"].is_anomalous,
+        }
+        print(f"real case {case.name}: " + json.dumps({k: v for k, v in out[case.name].items() if "explanation" not in k}), flush=True)
+        print(f"  explanation: {few['abnormal.png'].explanation!r}", flush=True)
+    return out
+
+
+def juice_bottle(agent: Agent, shared: Path) -> float:
+    root = shared / "loco" / "juice_bottle"
+    train = sorted((root / "train" / "good").glob("*.png"))
+    logical = sorted((root / "test" / "logical_anomalies").glob("*.png"))
+    meta = json.loads((root / "rules.json").read_text())
+    ctx = agent.prepare(rules=meta["rules"], category="juice_bottle", class_context=meta["class_context"],
+                        references=train[:4])
+    good = [agent.run_prepared(ctx, p).score for p in train[4:]]
+    bad = [agent.run_prepared(ctx, p).score for p in logical]
+    return auroc([0] * len(good) + [1] * len(bad), good + bad)
+
+
+def speed(agent: Agent, n: int = 10) -> float:
+    gen = SynthGenerator("screw_bag", seed=SEED, scale=1.0)
+    ctx = agent.prepare(category="screw_bag", references=[gen.sample(i).image for i in range(4)])
+    images = [gen.sample(500 + i, kind="good").image for i in range(n)]
+    agent.run_prepared(ctx, images[0])  # warm
+    times = []
+    for img in images:
+        t0 = time.perf_counter()
+        agent.run_prepared(ctx, img)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--per-kind", type=int, default=8)
+    ap.add_argument("--categories", default=",".join(CATEGORIES))
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--scale", type=float, default=0.5)
+    ap.add_argument("--skip-real", action="store_true")
+    args = ap.parse_args()
+
+    cache = Path(tempfile.mkdtemp(prefix="logiscan-bench-"))
+    agent = Agent(AgentConfig(cache_dir=cache))
+    syn = synthetic(agent, args.categories.split(","), args.per_kind, args.k, args.scale)
+    print(f"synthetic: logical_auroc={syn['logical_auroc']:.3f} structural_auroc={syn['structural_auroc']:.3f} "
+          f"explained={syn['explained_fraction']:.2f} generation_s_max={syn['generation_seconds_max']:.1f}", flush=True)
+
+    shared = None if args.skip_real else shared_dir()
+    real_line = "real: skipped"
+    if shared is not None:
+        cases = real_cases(agent, shared)
+        flagged = sum(c["abnormal_flagged"] for c in cases.values())
+        passed = sum(c["normal_passed"] for c in cases.values())
+        zs_flagged = sum(c["zero_shot_abnormal_flagged"] for c in cases.values())
+        zs_passed = sum(c["zero_shot_normal_passed"] for c in cases.values())
+        jb = juice_bottle(agent, shared)
+        real_line = (f"real: abnormal_flagged={flagged}/{len(cases)} normal_passed={passed}/{len(cases)} "
+                     f"zero_shot_flagged={zs_flagged}/{len(cases)} zero_shot_passed={zs_passed}/{len(cases)} "
+                     f"juice_bottle_logical_auroc={jb:.3f}")
+    print(real_line, flush=True)
+    median_s = speed(agent)
+    print(f"agent: synthetic_logical_auroc={syn['logical_auroc']:.3f} synthetic_structural_auroc={syn['structural_auroc']:.3f} "
+          f"explained_fraction={syn['explained_fraction']:.2f} generation_s_per_ruleset_max={syn['generation_seconds_max']:.1f} "
+          f"run_median_s_full_res={median_s:.2f} peak_rss_mb={peak_rss_mb():.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,172 @@
+"""LogiCode generation, validation, repair and caching.
+
+The language model is replaced by a scripted callable at the unit edge; the sandbox,
+the static check and the helper module are the real ones.
+"""
+
+import pytest
+
+import sandbox
+from agent.logicode import LogiCodeGenerator, ProgramCache, assemble, clean_function, program_key
+from prompts import load_rules
+
+
+def _scene(n_pins: int, pin_len: float = 40.0) -> dict:
+    comps = []
+    for i in range(n_pins):
+        x = 0.1 + 0.8 * i / max(1, n_pins)
+        comps.append({
+            "id": i, "part": "p1", "area": 100.0, "area_frac": 0.01, "centroid": [100 * x, 50.0],
+            "centroid_rel": [x, 0.5], "bbox": [int(100 * x) - 5, 45, int(100 * x) + 5, 55], "orientation": 0.0,
+            "major_axis": pin_len, "minor_axis": 5.0, "color_rgb": [250, 220, 30], "color_name": "yellow",
+            "horizontal": "left" if x < 0.4 else ("right" if x > 0.6 else "center"), "vertical": "middle",
+            "grid_cell": None,
+        })
+    return {
+        "image_size": [100, 100], "product_bbox": [0, 0, 100, 100], "grid": None,
+        "parts": [{"id": "p1", "name": None, "description": "yellow, elongated pin, usually 3 per image",
+                   "color_name": "yellow", "count": n_pins, "total_area": 100.0 * n_pins,
+                   "ref_count": None, "ref_area": None}],
+        "components": comps,
+    }
+
+
+REFS = [_scene(3), _scene(3), _scene(3)]
+RULES = load_rules(["There are exactly three pins.", "The pins have their usual length."], category="pins")
+PARTS = "p1: yellow, elongated pin, usually 3 per image"
+
+GOOD_R1 = "```python\ndef check_r1(scene, references):\n    n = lc.count(scene, 'p1')\n    return lc.finding('r1', n == 3, n, 3, 'number of pins')\n```"
+GOOD_R2 = (
+    "```python\ndef check_r2(scene, references):\n"
+    "    observed = max(lc.lengths(scene, 'p1'), default=0)\n"
+    "    ok = lc.within_references(observed, references, lambda s: max(lc.lengths(s, 'p1'), default=0))\n"
+    "    return lc.finding('r2', ok, observed, lc.typical(references, lambda s: max(lc.lengths(s, 'p1'), default=0)), 'pin length')\n```"
+)
+
+
+class ScriptedModel:
+    """Answers from a script, one per call, and remembers what it was asked."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.requests = []
+
+    def __call__(self, messages):
+        self.requests.append(messages)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def _generator(model, rounds=3):
+    return LogiCodeGenerator(model, run=sandbox.run_program, check_source=sandbox.check_source,
+                             api_reference=sandbox.API_REFERENCE, repair_rounds=rounds)
+
+
+def _generate(model, rules=RULES, rounds=3):
+    return _generator(model, rounds).generate(rules, parts_table=PARTS, reference_scenes=REFS, key="k", model_id="fake")
+
+
+def test_valid_programs_are_accepted_and_catch_an_anomaly():
+    model = ScriptedModel([GOOD_R1, GOOD_R2])
+    program = _generate(model)
+    assert program.checked_rule_ids == ["r1", "r2"] and not program.unavailable
+    assert all(f.attempts == 1 for f in program.functions)
+    # The request carries the rule, the parts table and the helper API.
+    request = model.requests[0][-1].content
+    assert "There are exactly three pins." in request and PARTS in request and "count(" in request
+
+    normal = sandbox.run_program(program.source, "check", {"scene": _scene(3), "references": REFS})
+    assert normal.ok and [f["passed"] for f in normal.value] == [True, True]
+    missing = sandbox.run_program(program.source, "check", {"scene": _scene(2), "references": REFS})
+    assert missing.ok
+    r1 = missing.value[0]
+    assert (r1["passed"], r1["observed"], r1["expected"]) == (False, 2, 3)
+    too_long = sandbox.run_program(program.source, "check", {"scene": _scene(3, pin_len=80.0), "references": REFS})
+    assert [f["passed"] for f in too_long.value] == [True, False]
+
+
+def test_prose_then_code_is_repaired():
+    model = ScriptedModel(["I think you should count the pins.", GOOD_R1, GOOD_R2])
+    program = _generate(model)
+    r1 = program.functions[0]
+    assert r1.ok and r1.attempts == 2
+    assert "contains no Python code" in r1.problems[0]
+    assert "contains no Python code" in model.requests[1][-1].content
+
+
+def test_program_that_flags_normal_references_is_repaired_with_observations():
+    wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
+    model = ScriptedModel([wrong, GOOD_R1, GOOD_R2])
+    program = _generate(model)
+    assert program.functions[0].ok and program.functions[0].attempts == 2
+    repair = model.requests[1][-1].content
+    assert "violated on normal reference image(s) [1, 2, 3]" in repair
+    assert "observed=3, expected=2" in repair
+
+
+def test_forbidden_and_broken_code_is_rejected_then_given_up():
+    hostile = "```python\nimport os\ndef check_r1(scene, references):\n    return os.listdir('/')\n```"
+    broken = "```python\ndef check_r1(scene, references)\n    return 1\n```"
+    missing_helper = "```python\ndef check_r1(scene, references):\n    return lc.count_everything(scene)\n```"
+    model = ScriptedModel([hostile, broken, missing_helper, "no idea", GOOD_R2])
+    program = _generate(model)
+    r1, r2 = program.functions
+    assert not r1.ok and r1.attempts == 4
+    assert "sandbox rejected" in r1.problems[0] and "os" in r1.problems[0]
+    assert "not valid Python" in r1.problems[1]
+    assert "count_everything" in r1.problems[2]
+    assert r2.ok
+    assert list(program.unavailable) == ["r1"]
+    # The program still checks what it can.
+    res = sandbox.run_program(program.source, "check", {"scene": _scene(3), "references": REFS})
+    assert res.ok and [f["rule_id"] for f in res.value] == ["r2"]
+
+
+def test_model_failure_is_recorded_not_raised():
+    model = ScriptedModel([TimeoutError("generation took longer than 120 s"), GOOD_R2])
+    program = _generate(model)
+    assert "the language model failed: generation took longer than 120 s" in program.functions[0].problems[0]
+    assert program.functions[0].attempts == 1
+
+
+def test_assembled_program_isolates_a_raising_rule():
+    raising = "def check_r1(scene, references):\n    return 1 // 0\n"
+    fine = "def check_r2(scene, references):\n    return lc.finding('r2', True, 1, 1)\n"
+    source = assemble([("r1", "check_r1", raising), ("r2", "check_r2", fine)])
+    res = sandbox.run_program(source, "check", {"scene": _scene(3), "references": REFS})
+    assert res.ok
+    assert res.value[0]["passed"] is False and "could not be evaluated" in res.value[0]["explanation"]
+    assert res.value[1]["passed"] is True
+
+
+def test_clean_function_renames_and_drops_top_level_calls():
+    code = "import math\ndef count_pins(scene, references):\n    return 1\nprint(count_pins(None, None))\n"
+    cleaned = clean_function(code, "check_r1")
+    assert "def check_r1(" in cleaned and "print" not in cleaned and "import math" in cleaned
+    with pytest.raises(SyntaxError, match="defines no function"):
+        clean_function("x = 1", "check_r1")
+
+
+def test_program_cache_on_disk_and_key_sensitivity(tmp_path):
+    program = _generate(ScriptedModel([GOOD_R1, GOOD_R2]))
+    cache = ProgramCache(tmp_path)
+    path = cache.put(program)
+    assert path.read_text() == program.source
+    fresh = ProgramCache(tmp_path).get("k")
+    assert fresh is not None and fresh.source == program.source and fresh.sha256 == program.sha256
+    assert ProgramCache(tmp_path).get("other") is None
+
+    base = program_key(RULES, "refs1", "1", "m", PARTS)
+    assert base == program_key(RULES, "refs1", "1", "m", PARTS)
+    assert base != program_key(RULES, "refs2", "1", "m", PARTS)
+    assert base != program_key(RULES, "refs1", "2", "m", PARTS)
+    assert base != program_key(RULES, "refs1", "1", "m2", PARTS)
+    other_rules = load_rules(["There are exactly four pins."], category="pins")
+    assert base != program_key(other_rules, "refs1", "1", "m", PARTS)
+
+
+def test_corrupt_cache_entry_is_ignored(tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    assert ProgramCache(tmp_path).get("bad") is None
