@@ -62,11 +62,15 @@ class Agent:
     >>> verdict = agent.run("img.png", category="screw_bag", references=["ref1.png", "ref2.png"])
     """
 
-    def __init__(self, config: AgentConfig | dict | None = None, *, chat_model: Any = None):
+    def __init__(self, config: AgentConfig | dict | None = None, *, chat_model: Any = None,
+                 model_id: Optional[str] = None):
+        """``chat_model`` injects an already-built LangChain chat model; give its ``model_id``
+        too, since the id is part of the program cache key."""
         if isinstance(config, dict):
             config = AgentConfig.model_validate(config)
         self.config = config or AgentConfig()
         self._chat_model = chat_model
+        self._model_id = model_id
         self._lock = threading.RLock()
         self._contexts: dict[str, Context] = {}
         self._programs = ProgramCache(self.config.cache_dir / "programs" if self.config.use_disk_cache else None)
@@ -84,9 +88,11 @@ class Agent:
 
     @property
     def model_id(self) -> str:
-        from agent.llm import model_id
+        if self._model_id is None:
+            from agent.llm import model_id
 
-        return model_id(self.llm_config)
+            self._model_id = model_id(self.llm_config)
+        return self._model_id
 
     @property
     def chat_model(self):
@@ -154,9 +160,9 @@ class Agent:
         pc = self.config.perception
         fitted_dir = self.config.cache_dir / "fitted" / f"{pc.backbone}-{refset_hash}"
         parser = structural_detector = None
-        if self.config.use_disk_cache and (fitted_dir / "parser").exists():
+        if self.config.use_disk_cache and (fitted_dir / "parser.json").exists():
             try:
-                parser = SceneParser.load(fitted_dir / "parser")
+                parser = SceneParser.load(fitted_dir / "parser.json")
                 if structural and (fitted_dir / "structural").exists():
                     structural_detector = PatchCore.load(fitted_dir / "structural")
             except Exception as exc:  # a stale or corrupt cache entry is refitted, never fatal
@@ -167,7 +173,8 @@ class Agent:
             if pc.part_names:
                 parser.set_part_names(pc.part_names)
             if self.config.use_disk_cache:
-                parser.save(fitted_dir / "parser")
+                fitted_dir.mkdir(parents=True, exist_ok=True)
+                parser.save(fitted_dir / "parser.json")
         if structural and pc.structural and structural_detector is None:
             structural_detector = PatchCore(backbone=pc.backbone).fit(ref_images)
             if self.config.use_disk_cache:

@@ -1,0 +1,139 @@
+"""Agent orchestration with real perception and the real sandbox.
+
+The language model is the only fake: a deterministic chat model at the unit edge that
+answers every rule request with a reference-relative count check, reading the function
+name it is asked for from the request (as a real model does).
+"""
+
+import re
+
+import pytest
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+
+from agent import Agent, AgentConfig, Verdict
+from detectors.data.synth import SynthGenerator
+
+COUNT_CHECK = """```python
+def check_{rid}(scene, references):
+    observed = lc.count(scene)
+    ok = lc.within_references(observed, references, lambda s: lc.count(s), tolerance=0.0)
+    return lc.finding("{rid}", ok, observed, lc.typical(references, lambda s: lc.count(s)), "number of objects")
+```"""
+
+
+class CountingModel(BaseChatModel):
+    """Writes the same generic check for any rule; records how often it was asked."""
+
+    calls: int = 0
+    answer: str = COUNT_CHECK
+
+    @property
+    def _llm_type(self) -> str:
+        return "counting-fake"
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        self.calls += 1
+        text = messages[-1].content if isinstance(messages[-1].content, str) else str(messages[-1].content)
+        asked = re.findall(r"def check_(\w+)\(scene, references\)", text)
+        rid = asked[-1] if asked else re.search(r"rule (\w+)", text).group(1)
+        reply = self.answer.replace("{rid}", rid)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(reply))])
+
+
+@pytest.fixture(scope="module")
+def screw_bag():
+    gen = SynthGenerator("screw_bag", seed=3, scale=0.3)
+    refs = [gen.sample(i).image for i in range(4)]
+    return gen, refs
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return Agent(AgentConfig(cache_dir=cache), chat_model=CountingModel(), model_id="counting-fake")
+
+
+def test_run_returns_a_grounded_verdict(agent, screw_bag):
+    gen, refs = screw_bag
+    ctx = agent.prepare(category="screw_bag", references=refs)
+    assert ctx.program is not None and ctx.program.checked_rule_ids == ["r1", "r2", "r3", "r4"]
+    good = agent.run_prepared(ctx, gen.sample(50).image)
+    extra = agent.run_prepared(ctx, gen.sample(51, kind="logical", anomaly_type="extra_washer").image)
+    assert isinstance(good, Verdict) and 0.0 <= good.score <= 1.0
+    assert extra.score > good.score
+    assert extra.is_anomalous
+    failed = extra.failed_findings
+    assert failed and failed[0].source == "logicode"
+    assert failed[0].observed == failed[0].expected + 1
+    assert f"Rule {failed[0].rule_id} FAILED" in extra.explanation
+    assert f"expected {failed[0].expected}, observed {failed[0].observed}" in extra.explanation
+    assert extra.program.sha256 and extra.models["logicode"] == "counting-fake"
+    assert set(extra.component_scores) >= {"logic", "structural", "composition"}
+    assert Verdict.model_validate_json(extra.model_dump_json()) == extra
+
+
+def test_programs_and_fits_are_cached(agent, screw_bag, tmp_path):
+    gen, refs = screw_bag
+    calls = agent.chat_model.calls
+    agent.run(gen.sample(52).image, category="screw_bag", references=refs)
+    assert agent.chat_model.calls == calls  # same rules + references: no new generation
+    # A new agent on the same disk cache reads the program and the fitted detectors back.
+    again = Agent(agent.config, chat_model=CountingModel(), model_id="counting-fake")
+    v = again.run(gen.sample(52).image, category="screw_bag", references=refs)
+    assert again.chat_model.calls == 0
+    assert v.program.origin == "cached"
+    # Other rules mean another program.
+    again.run(gen.sample(52).image, rules=["There are exactly six objects."], references=refs)
+    assert again.chat_model.calls == 1
+
+
+def test_broken_model_output_falls_back_without_crashing(screw_bag, tmp_path):
+    gen, refs = screw_bag
+    model = CountingModel(answer="Sorry, I cannot write code for that.")
+    agent = Agent(AgentConfig(cache_dir=tmp_path, repair_rounds=1), chat_model=model, model_id="prose")
+    v = agent.run(gen.sample(53, kind="logical", anomaly_type="extra_washer").image, category="screw_bag", references=refs)
+    assert model.calls == 4 * 2  # every rule: one try and one repair
+    assert not v.logic_available
+    assert "Logic check unavailable" in v.logic_note and "contains no Python code" in v.logic_note
+    assert {f.source for f in v.findings} == {"structural", "composition"}
+    assert 0.0 <= v.score <= 1.0
+
+
+def test_helper_that_does_not_exist_is_repaired_away(screw_bag, tmp_path):
+    gen, refs = screw_bag
+    model = CountingModel(answer="```python\ndef check_{rid}(scene, references):\n    return lc.magic(scene)\n```")
+    agent = Agent(AgentConfig(cache_dir=tmp_path, repair_rounds=0), chat_model=model, model_id="magic")
+    v = agent.run(gen.sample(54).image, rules=["Exactly six objects."], references=refs)
+    assert "magic" in v.logic_note
+    assert v.findings and all(f.source != "logicode" for f in v.findings)
+
+
+def test_pinned_program_is_used(screw_bag, tmp_path):
+    gen, refs = screw_bag
+    program = tmp_path / "mine.py"
+    program.write_text(
+        "import logicode as lc\n\n"
+        "def check(scene, references):\n"
+        "    n = lc.count(scene)\n"
+        "    return [lc.finding('r1', n <= 100, n, '<= 100', 'objects in view')]\n"
+    )
+    model = CountingModel()
+    agent = Agent(AgentConfig(cache_dir=tmp_path, pinned_program=program), chat_model=model, model_id="x")
+    v = agent.run(gen.sample(55).image, rules=["At most 100 objects."], references=refs)
+    assert model.calls == 0
+    assert v.program.origin == "pinned" and v.program.path == str(program)
+    assert [f.rule_id for f in v.findings if f.source == "logicode"] == ["r1"]
+
+
+def test_bad_inputs_give_clear_errors(agent, tmp_path):
+    from detectors import ImageInputError
+    from prompts import RulesError
+
+    with pytest.raises(ImageInputError, match="does not exist"):
+        agent.run(tmp_path / "missing.png", category="screw_bag")
+    with pytest.raises(RulesError, match="No built-in rule pack for category 'teapot'"):
+        agent.run(tmp_path / "missing.png", category="teapot")
+    with pytest.raises(ValueError, match="needs at least one normal reference image"):
+        agent.prepare(category="screw_bag", references=[])
