@@ -1,0 +1,363 @@
+"""``logicode``: the helpers LogiCode programs may import (``import logicode as lc``).
+
+A program is called as ``check(scene, references)`` where ``scene`` is the JSON dict of
+``detectors.schema.Scene`` and ``references`` a list of such dicts for normal images; it
+returns a list of findings built with :func:`finding`.
+
+Every helper is pure and deterministic, works on plain dicts/lists/numpy arrays, and
+touches no file, environment or process state. Helpers that take ``part`` accept a part id
+(``"p2"``), a part name (case-insensitive, ``"screw"``), or a part dict.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+from scipy import ndimage
+
+API_VERSION = "1"
+
+API_REFERENCE = """\
+lc.part(scene, name) -> part dict {id,name,description,color_name,count,total_area,ref_count,ref_area}; name = id like "p2" or a name, case-insensitive
+lc.parts_like(scene, color=None, name=None) -> list of part dicts with that colour name and/or a name containing `name`
+lc.components(scene, part=None, where=None) -> list of component dicts {id,part,area,centroid_rel,bbox,major_axis,color_name,horizontal,vertical,grid_cell}
+   part: id/name or None for all parts; where: "left","right","top","bottom","center","middle","top left","bottom right",... of the product
+lc.count(scene, part=None, where=None) -> int, number of components
+lc.areas(scene, part=None, where=None) -> list of areas in pixels;  lc.total_area(...) -> float, their sum
+lc.lengths(scene, part=None, where=None) -> list of major-axis lengths in pixels (use max(..., default=0))
+lc.colors(scene, part=None, where=None) -> list of colour names;  lc.boxes(...) -> list of [x0, y0, x1, y1]
+lc.positions(scene, part=None, where=None) -> list of [x, y] centroids relative to the product, each in [0, 1]
+lc.ref_values(references, fn) -> [fn(r) for r in references], e.g. fn = lambda s: lc.count(s, "p1")
+lc.typical(references, fn) -> median of fn over the references (most common value if not numbers)
+lc.within_references(value, references, fn, tolerance=0.1, stds=2.0) -> bool, value inside the references' [min, max] widened by tolerance*|max| + stds*std
+lc.grid_counts(scene, part=None) -> {"(r,c)": count} for every grid cell ({} when the product has no grid)
+lc.color_name(rgb) -> one of red, orange, yellow, green, blue, purple, pink, brown, white, gray, black
+lc.relative_position(box_a, box_b) -> "left of", "right of", "above", "below" or "overlapping" (a relative to b)
+lc.count_components(mask, min_area=1) -> int, 8-connected components of a 2-D numpy mask
+lc.component_areas(mask, min_area=1) -> list of component areas;  lc.centroids(mask, min_area=1) -> list of [x, y]
+lc.finding(rule_id, passed, observed, expected, explanation="", evidence=None) -> the finding dict to return
+   evidence: a list of boxes or component dicts (their bbox is used)
+"""
+
+PALETTE = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "white", "gray", "black")
+_HORIZONTAL_WORDS = {"left": "left", "right": "right", "center": "center", "centre": "center", "middle": "center"}
+_VERTICAL_WORDS = {"top": "top", "upper": "top", "bottom": "bottom", "lower": "bottom", "middle": "middle", "center": "middle", "centre": "middle"}
+
+
+# -- parts --------------------------------------------------------------------------------
+def _parts(scene: dict) -> list[dict]:
+    if not isinstance(scene, dict) or not isinstance(scene.get("parts"), list):
+        raise TypeError("scene must be a scene dict with a 'parts' list")
+    return scene["parts"]
+
+
+def part(scene: dict, name: Any) -> dict:
+    """The part whose id or name matches ``name`` (case-insensitive); a unique name containing
+    ``name`` also matches. Raises ValueError naming the available parts otherwise."""
+    if isinstance(name, dict) and "id" in name:
+        name = name["id"]
+    parts = _parts(scene)
+    key = str(name).strip().lower()
+    for p in parts:
+        if str(p.get("id", "")).lower() == key:
+            return p
+    for p in parts:
+        if str(p.get("name") or "").lower() == key:
+            return p
+    loose = [p for p in parts if key and key in str(p.get("name") or "").lower()]
+    if len(loose) == 1:
+        return loose[0]
+    known = ", ".join(f"{p.get('id')} ({p.get('name') or p.get('color_name', '')})" for p in parts)
+    raise ValueError(f"no part {name!r}; the parts are: {known}")
+
+
+_find_part = part  # the helpers below take a parameter named ``part``
+
+
+def parts_like(scene: dict, color: Optional[str] = None, name: Optional[str] = None) -> list[dict]:
+    """Parts with colour name ``color`` and/or a name or description containing ``name``."""
+    out = []
+    for p in _parts(scene):
+        if color is not None and str(p.get("color_name", "")).lower() != str(color).lower():
+            continue
+        if name is not None:
+            text = f"{p.get('name') or ''} {p.get('description') or ''}".lower()
+            if str(name).lower() not in text:
+                continue
+        out.append(p)
+    return out
+
+
+# -- components ---------------------------------------------------------------------------
+def _where_filter(where: Optional[str]) -> Callable[[dict], bool]:
+    if where is None:
+        return lambda c: True
+    words = str(where).lower().replace("-", " ").replace("_", " ").split()
+    if not words or len(words) > 2:
+        raise ValueError(f"where={where!r}: use left, right, top, bottom, center, middle or a pair like 'top right'")
+    horizontal = vertical = None
+    for w in words:
+        if w in ("top", "upper", "bottom", "lower"):
+            vertical = _VERTICAL_WORDS[w]
+        elif w in ("left", "right"):
+            horizontal = _HORIZONTAL_WORDS[w]
+        elif w not in ("center", "centre", "middle"):
+            raise ValueError(f"where={where!r}: unknown position word {w!r}")
+    if len(words) == 1 and words[0] in ("center", "centre", "middle"):
+        horizontal, vertical = "center", "middle"
+    elif len(words) == 2:
+        # "top center": the word center/middle fixes the other axis to its middle third
+        if horizontal is None:
+            horizontal = "center"
+        if vertical is None:
+            vertical = "middle"
+
+    def third(value: float, names: tuple[str, str, str]) -> str:
+        return names[0] if value < 1 / 3 else names[2] if value > 2 / 3 else names[1]
+
+    def keep(c: dict) -> bool:
+        rel = c.get("centroid_rel") or (0.5, 0.5)
+        h = c.get("horizontal") or third(float(rel[0]), ("left", "center", "right"))
+        v = c.get("vertical") or third(float(rel[1]), ("top", "middle", "bottom"))
+        return (horizontal is None or h == horizontal) and (vertical is None or v == vertical)
+
+    return keep
+
+
+def components(scene: dict, part: Any = None, where: Optional[str] = None) -> list[dict]:
+    """Components of ``part`` (all parts when None), optionally only those at ``where``."""
+    comps = scene.get("components") if isinstance(scene, dict) else None
+    if not isinstance(comps, list):
+        raise TypeError("scene must be a scene dict with a 'components' list")
+    part_id = None if part is None else _find_part(scene, part)["id"]
+    keep = _where_filter(where)
+    return [c for c in comps if (part_id is None or c.get("part") == part_id) and keep(c)]
+
+
+def count(scene: dict, part: Any = None, where: Optional[str] = None) -> int:
+    return len(components(scene, part, where))
+
+
+def areas(scene: dict, part: Any = None, where: Optional[str] = None) -> list[float]:
+    return [float(c["area"]) for c in components(scene, part, where)]
+
+
+def total_area(scene: dict, part: Any = None, where: Optional[str] = None) -> float:
+    return float(sum(areas(scene, part, where)))
+
+
+def lengths(scene: dict, part: Any = None, where: Optional[str] = None) -> list[float]:
+    return [float(c["major_axis"]) for c in components(scene, part, where)]
+
+
+def colors(scene: dict, part: Any = None, where: Optional[str] = None) -> list[str]:
+    return [str(c["color_name"]) for c in components(scene, part, where)]
+
+
+def boxes(scene: dict, part: Any = None, where: Optional[str] = None) -> list[list[int]]:
+    return [[int(v) for v in c["bbox"]] for c in components(scene, part, where)]
+
+
+def positions(scene: dict, part: Any = None, where: Optional[str] = None) -> list[list[float]]:
+    return [[float(v) for v in c["centroid_rel"]] for c in components(scene, part, where)]
+
+
+def grid_counts(scene: dict, part: Any = None) -> dict[str, int]:
+    """``{"(r,c)": count}`` for every cell of the product's grid; {} without a grid."""
+    grid = scene.get("grid") if isinstance(scene, dict) else None
+    if not grid:
+        return {}
+    rows, cols = int(grid[0]), int(grid[1])
+    out = {f"({r},{c})": 0 for r in range(rows) for c in range(cols)}
+    for comp in components(scene, part):
+        cell = comp.get("grid_cell")
+        if cell is not None:
+            key = f"({int(cell[0])},{int(cell[1])})"
+            if key in out:
+                out[key] += 1
+    return out
+
+
+# -- reference statistics -----------------------------------------------------------------
+def ref_values(references: Iterable[dict], fn: Callable[[dict], Any]) -> list:
+    return [fn(r) for r in references]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def typical(references: Iterable[dict], fn: Callable[[dict], Any]) -> Any:
+    """Median of ``fn`` over the references when it gives numbers, else the most common value
+    (ties broken by sorted text, so the answer is deterministic)."""
+    values = [_plain(v) for v in ref_values(references, fn)]
+    if not values:
+        raise ValueError("typical() needs at least one reference")
+    if all(_is_number(v) for v in values):
+        median = statistics.median(values)
+        return int(median) if float(median).is_integer() and all(isinstance(v, int) for v in values) else float(median)
+    counts = Counter(repr(v) for v in values)
+    best = max(counts.values())
+    winner = sorted(k for k, n in counts.items() if n == best)[0]
+    return next(v for v in values if repr(v) == winner)
+
+
+def within_references(
+    value: Any, references: Iterable[dict], fn: Callable[[dict], Any], tolerance: float = 0.1, stds: float = 2.0
+) -> bool:
+    """True when ``value`` lies in [min, max] of ``fn`` over the references, widened on each
+    side by ``tolerance * max(|min|, |max|) + stds * std``. Non-numbers: equal to one of them."""
+    values = [_plain(v) for v in ref_values(references, fn)]
+    if not values:
+        raise ValueError("within_references() needs at least one reference")
+    value = _plain(value)
+    if not (_is_number(value) and all(_is_number(v) for v in values)):
+        return value in values
+    arr = np.asarray(values, dtype=float)
+    lo, hi = float(arr.min()), float(arr.max())
+    margin = float(tolerance) * max(abs(lo), abs(hi)) + float(stds) * float(arr.std())
+    return lo - margin <= float(value) <= hi + margin
+
+
+# -- colours and geometry -----------------------------------------------------------------
+def color_name(rgb: Any) -> str:
+    """The nearest name in a fixed palette of 11 colours, decided in HSV space."""
+    r, g, b = (min(max(float(v), 0.0), 255.0) / 255.0 for v in list(rgb)[:3])
+    hi, lo = max(r, g, b), min(r, g, b)
+    v, s = hi, (0.0 if hi == 0 else (hi - lo) / hi)
+    if v < 0.18:
+        return "black"
+    if s < 0.18:
+        return "white" if v > 0.8 else "gray"
+    d = hi - lo
+    if hi == r:
+        h = 60 * (((g - b) / d) % 6)
+    elif hi == g:
+        h = 60 * ((b - r) / d + 2)
+    else:
+        h = 60 * ((r - g) / d + 4)
+    if h < 15 or h >= 345:
+        return "pink" if (s < 0.5 and v > 0.7) else "red"
+    if h < 45:
+        return "brown" if v < 0.6 else "orange"
+    if h < 70:
+        return "brown" if v < 0.45 else "yellow"
+    if h < 170:
+        return "green"
+    if h < 260:
+        return "blue"
+    if h < 300:
+        return "purple"
+    return "pink"
+
+
+def _box(b: Any) -> list[int]:
+    if isinstance(b, dict) and "bbox" in b:
+        b = b["bbox"]
+    vals = [int(round(float(v))) for v in list(b)]
+    if len(vals) != 4:
+        raise ValueError(f"a box needs 4 numbers [x0, y0, x1, y1], got {len(vals)}")
+    return vals
+
+
+def relative_position(box_a: Any, box_b: Any) -> str:
+    """Where box a lies relative to box b (image coordinates: y grows downwards)."""
+    ax0, ay0, ax1, ay1 = _box(box_a)
+    bx0, by0, bx1, by1 = _box(box_b)
+    if min(ax1, bx1) > max(ax0, bx0) and min(ay1, by1) > max(ay0, by0):
+        return "overlapping"
+    dx = (ax0 + ax1) / 2 - (bx0 + bx1) / 2
+    dy = (ay0 + ay1) / 2 - (by0 + by1) / 2
+    if abs(dx) >= abs(dy):
+        return "left of" if dx < 0 else "right of"
+    return "above" if dy < 0 else "below"
+
+
+# -- masks --------------------------------------------------------------------------------
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def _labels(mask: Any, min_area: int) -> tuple[np.ndarray, list[int], np.ndarray]:
+    arr = np.asarray(mask)
+    if arr.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {arr.shape}")
+    labels, n = ndimage.label(arr > 0, structure=_EIGHT_CONNECTED)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = [i for i in range(1, n + 1) if sizes[i] >= min_area]
+    return labels, keep, sizes
+
+
+def count_components(mask: Any, min_area: int = 1) -> int:
+    return len(_labels(mask, min_area)[1])
+
+
+def component_areas(mask: Any, min_area: int = 1) -> list[int]:
+    _, keep, sizes = _labels(mask, min_area)
+    return [int(sizes[i]) for i in keep]
+
+
+def centroids(mask: Any, min_area: int = 1) -> list[list[float]]:
+    labels, keep, _ = _labels(mask, min_area)
+    if not keep:
+        return []
+    centres = ndimage.center_of_mass(np.ones(labels.shape), labels, keep)
+    return [[float(x), float(y)] for (y, x) in centres]
+
+
+# -- findings -----------------------------------------------------------------------------
+def _plain(value: Any, depth: int = 0) -> Any:
+    """Plain JSON data: numpy scalars and arrays converted, tuples and sets to lists."""
+    if depth > 32:
+        raise ValueError("value is nested too deeply")
+    if value is None or type(value) in (bool, str):
+        return value
+    if isinstance(value, np.generic):
+        return _plain(value.item(), depth)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist(), depth)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, depth + 1) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_plain(v, depth + 1) for v in value), key=repr)
+    if isinstance(value, dict):
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+    return str(value)
+
+
+def finding(
+    rule_id: Any, passed: Any, observed: Any, expected: Any, explanation: str = "", evidence: Any = None
+) -> dict:
+    """A well-formed finding dict: {rule_id, passed, observed, expected, explanation, evidence}."""
+    if evidence is None:
+        boxes_out: list[list[int]] = []
+    elif isinstance(evidence, dict) or (
+        isinstance(evidence, (list, tuple)) and len(evidence) == 4 and all(_is_number(v) for v in evidence)
+    ):
+        boxes_out = [_box(evidence)]  # a single box or component
+    else:
+        boxes_out = [_box(b) for b in evidence]
+    return {
+        "rule_id": str(rule_id),
+        "passed": bool(passed),
+        "observed": _plain(observed),
+        "expected": _plain(expected),
+        "explanation": str(explanation),
+        "evidence": boxes_out,
+    }
+
+
+__all__ = [
+    "API_VERSION", "API_REFERENCE", "PALETTE", "part", "parts_like", "components", "count", "areas",
+    "total_area", "lengths", "colors", "boxes", "positions", "grid_counts", "ref_values", "typical",
+    "within_references", "color_name", "relative_position", "count_components", "component_areas",
+    "centroids", "finding",
+]
