@@ -1,0 +1,227 @@
+"""A LangChain chat model around ``llama_cpp.Llama`` (GGUF files, CPU).
+
+The GGUF's own chat template formats the conversation. Generation is greedy at
+temperature 0 and seeded, so repeated calls give the same answer. Tool calling
+goes through llama-cpp-python's ``chatml-function-calling`` handler (grammar-
+constrained JSON arguments). The model reads text only: image blocks are replaced
+by a short note, and the agent passes the scene parse as text instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import Field
+
+from .errors import LLMError, LLMTimeoutError
+from .messages import to_text_only_dicts
+
+# One Llama per (file, context, threads): loading is the expensive part and the
+# weights are shared by every chat model built on them. llama.cpp contexts are not
+# thread-safe, so each carries a lock.
+_LOCKS: dict[int, threading.Lock] = {}
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@lru_cache(maxsize=4)
+def load_llama(model_path: str, n_ctx: int, n_threads: int | None, seed: int) -> Any:
+    try:
+        from llama_cpp import Llama
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise LLMError(
+            "llama-cpp-python is not installed; install the 'llm' extra (pip install -e '.[llm]')"
+        ) from exc
+    if not os.path.isfile(model_path):
+        raise LLMError(f"GGUF model file {model_path} does not exist")
+    # Physical cores (half the logical ones with SMT), at most 4: llama.cpp threads spin while they
+    # wait for each other, so oversubscribing a small shared machine slows decoding several-fold.
+    threads = n_threads or max(1, min(4, _available_cpus() // 2))
+    try:
+        llama = Llama(model_path=model_path, n_ctx=n_ctx, n_threads=threads, seed=seed, verbose=False)
+    except (ValueError, RuntimeError) as exc:
+        raise LLMError(f"llama.cpp could not load {model_path}: {exc}") from exc
+    _LOCKS[id(llama)] = threading.Lock()
+    return llama
+
+
+def _tool_choice_payload(tool_choice: Any, tools: list[dict]) -> Any:
+    # LangChain's "no tool_choice" means the model may call tools; the chatml handler reads
+    # None as "never", so it is mapped to "auto".
+    if tool_choice in (None, "auto"):
+        return "auto"
+    if tool_choice == "none":
+        return "none"
+    if tool_choice in ("any", "required", True):
+        if len(tools) != 1:
+            # The chatml handler cannot force "some tool among several"; let it choose.
+            return "auto"
+        tool_choice = tools[0]["function"]["name"]
+    if isinstance(tool_choice, str):
+        names = [t["function"]["name"] for t in tools]
+        if tool_choice not in names:
+            raise LLMError(f"tool_choice {tool_choice!r} is not among the bound tools {names}")
+        return {"type": "function", "function": {"name": tool_choice}}
+    if isinstance(tool_choice, dict):
+        return tool_choice
+    raise LLMError(f"unsupported tool_choice {tool_choice!r}")
+
+
+def _for_function_calling(payload: list[dict]) -> list[dict]:
+    """Tool results as user turns: the chatml function-calling template renders no 'tool' role."""
+    names = {call["id"]: call["function"]["name"]
+             for message in payload for call in message.get("tool_calls") or []}
+    out = []
+    for message in payload:
+        if message["role"] == "tool":
+            name = names.get(message.get("tool_call_id"), "tool")
+            out.append({"role": "user", "content": f"Result of functions.{name}:\n{message['content']}"})
+        else:
+            out.append(message)
+    return out
+
+
+class LlamaCppChatModel(BaseChatModel):
+    """Chat model on a local GGUF file through llama.cpp."""
+
+    model_path: str
+    model_name: str = Field(default="", description="registry name or file name, for display and ids")
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    seed: int = 0
+    temperature: float = 0.0
+    max_tokens: int = 512
+    timeout_s: float | None = Field(default=None, description="generation stops (and raises) after this")
+
+    @property
+    def _llm_type(self) -> str:
+        return "logiscan-llamacpp"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_path": self.model_path, "n_ctx": self.n_ctx, "seed": self.seed,
+                "temperature": self.temperature, "max_tokens": self.max_tokens}
+
+    @property
+    def llama(self) -> Any:
+        return load_llama(self.model_path, self.n_ctx, self.n_threads, self.seed)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        from llama_cpp.llama_chat_format import chatml_function_calling
+
+        tools = kwargs.pop("tools", None)
+        tool_choice = kwargs.pop("tool_choice", None)
+        if kwargs:
+            raise LLMError(f"unsupported generation options for llama.cpp: {sorted(kwargs)}")
+        llama = self.llama
+        payload = to_text_only_dicts(messages)
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        common = dict(temperature=self.temperature, max_tokens=self.max_tokens, stop=stop or [])
+        expired = False
+        try:
+            with _LOCKS[id(llama)]:
+                # Re-seeding per call makes sampled (temperature > 0) answers reproducible too.
+                llama.set_seed(self.seed)
+                if tools:
+                    response = chatml_function_calling(
+                        llama=llama, messages=_for_function_calling(payload), tools=tools,
+                        tool_choice=_tool_choice_payload(tool_choice, tools), **common,
+                    )
+                else:
+                    # Streaming lets us stop inside llama.cpp once the time budget is spent (closing
+                    # the generator ends decoding), so the model is free for the next call at once.
+                    pieces: list[str] = []
+                    finish_reason = None
+                    stream = llama.create_chat_completion(messages=payload, seed=self.seed, stream=True, **common)
+                    try:
+                        for chunk in stream:
+                            choice = chunk["choices"][0]
+                            delta = choice.get("delta") or {}
+                            if delta.get("content"):
+                                pieces.append(delta["content"])
+                            finish_reason = choice.get("finish_reason") or finish_reason
+                            if deadline is not None and time.monotonic() > deadline and finish_reason is None:
+                                expired = True
+                                break
+                    finally:
+                        stream.close()
+                    text = "".join(pieces)
+                    generated = len(llama.tokenize(text.encode(), add_bos=False, special=True)) if text else 0
+                    # The context holds the prompt plus the generated tokens but the last (never fed back).
+                    prompt_tokens = max(0, llama.n_tokens - max(0, generated - 1))
+                    response = {
+                        "choices": [{"message": {"content": text}, "finish_reason": finish_reason}],
+                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": generated,
+                                  "total_tokens": prompt_tokens + generated},
+                    }
+        except ValueError as exc:  # llama-cpp-python reports context overflow this way
+            raise LLMError(
+                f"llama.cpp model {self.model_name or self.model_path} cannot take this prompt: {exc} "
+                f"(n_ctx={self.n_ctx}; shorten the prompt or raise n_ctx)"
+            ) from exc
+        if expired:
+            raise LLMTimeoutError(
+                f"llama.cpp model {self.model_name or self.model_path} did not finish within "
+                f"{self.timeout_s:g} s (raise timeout_s or lower max_tokens)"
+            )
+        choice = response["choices"][0]
+        message = choice["message"]
+        tool_calls = []
+        for call in message.get("tool_calls") or []:
+            arguments = call["function"].get("arguments") or "{}"
+            try:
+                args = json.loads(arguments)
+            except json.JSONDecodeError as exc:
+                raise LLMError(f"model returned malformed tool arguments {arguments!r}: {exc}") from exc
+            tool_calls.append({"name": call["function"]["name"], "args": args,
+                               "id": call.get("id") or f"call_{uuid.uuid4().hex[:8]}", "type": "tool_call"})
+        usage = response.get("usage") or {}
+        ai = AIMessage(
+            content=message.get("content") or "",
+            tool_calls=tool_calls,
+            usage_metadata={
+                "input_tokens": usage.get("prompt_tokens", 0),
+                "output_tokens": usage.get("completion_tokens", 0),
+                "total_tokens": usage.get("total_tokens", 0),
+            },
+            response_metadata={"finish_reason": choice.get("finish_reason"), "model_name": self.model_name},
+        )
+        return ChatResult(generations=[ChatGeneration(message=ai)])
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: str | dict | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        formatted = [convert_to_openai_tool(tool) for tool in tools]
+        if not formatted:
+            raise LLMError("bind_tools needs at least one tool")
+        _tool_choice_payload(tool_choice, formatted)  # validate early, with a clear message
+        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)

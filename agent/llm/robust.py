@@ -1,0 +1,77 @@
+"""Robust use of a model's answer: time limits, and code that may or may not be there."""
+
+from __future__ import annotations
+
+import ast
+import concurrent.futures as futures
+import re
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+
+from .errors import LLMError, LLMTimeoutError
+from .messages import content_text
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_PYTHON_TAGS = {"python", "py", "python3"}
+# Statements that prose never parses into; a lone name or constant ("OK", "42") is not code.
+_CODE_NODES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AugAssign,
+               ast.AnnAssign, ast.Import, ast.ImportFrom, ast.Return, ast.For, ast.While, ast.If,
+               ast.With, ast.Try, ast.Call)
+
+
+def invoke_with_timeout(chat: BaseChatModel, messages: list[BaseMessage], timeout_s: float, **kwargs: Any) -> str:
+    """Ask ``chat`` and return the text of its answer, or raise :class:`LLMError`.
+
+    Any failure (time budget exceeded, server down, model error) becomes an LLMError
+    whose message names the model, so the agent can record it and carry on.
+    """
+    if timeout_s <= 0:
+        raise LLMError(f"timeout_s must be positive, got {timeout_s}")
+    name = getattr(chat, "model_name", None) or type(chat).__name__
+    # A daemon-less pool would keep the interpreter alive on a hung call; shutdown(wait=False) avoids blocking.
+    pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-call")
+    future = pool.submit(chat.invoke, messages, **kwargs)
+    try:
+        answer = future.result(timeout=timeout_s)
+    except futures.TimeoutError:
+        future.cancel()
+        raise LLMTimeoutError(f"model {name} did not answer within {timeout_s:g} s") from None
+    except LLMError:
+        raise
+    except Exception as exc:  # the agent must survive any backend failure
+        raise LLMError(f"model {name} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        pool.shutdown(wait=False)
+    return content_text(answer.content)
+
+
+def _looks_like_code(source: str) -> bool:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    return any(isinstance(node, _CODE_NODES) for node in ast.walk(tree))
+
+
+def extract_code(text: str | None) -> str | None:
+    """Python code from a model's answer, or None when it holds only prose.
+
+    Prefers the first block fenced as python; else the first fenced block that parses as
+    code; else the whole answer when it parses as code. A fence cut off by the token limit
+    still counts (its code runs to the end of the answer). A block labelled python is
+    returned even when it does not parse, so the caller can report the syntax error back.
+    """
+    if not text or not text.strip():
+        return None
+    blocks = [(tag.lower(), body.strip("\n")) for tag, body in _FENCE.findall(text)]
+    for tag, body in blocks:
+        if tag in _PYTHON_TAGS and body.strip():
+            return body.strip("\n") + "\n"
+    for tag, body in blocks:
+        if not tag and _looks_like_code(body):
+            return body.strip("\n") + "\n"
+    if not blocks and _looks_like_code(text.strip()):
+        return text.strip() + "\n"
+    return None

@@ -1,0 +1,147 @@
+"""A LangChain chat model around any transformers image-text-to-text model.
+
+``AutoProcessor`` + ``AutoModelForImageTextToText`` load a hub id or a local directory
+(Qwen2.5-VL, SmolVLM/Idefics3, InternVL, LLaVA, ...). Weights are placed by accelerate
+(``device_map="auto"``), in bfloat16 on a GPU and float32 on CPU. Images travel as images:
+LangChain image blocks become ``{"type": "image"}`` entries of the processor's chat
+template, and the decoded PIL images go to the processor beside the text.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import Field
+
+from .errors import LLMError, LLMTimeoutError
+from .messages import to_vlm_conversation
+
+_LOAD_LOCK = threading.Lock()
+
+
+def resolve_dtype(dtype: str, on_gpu: bool) -> Any:
+    import torch
+
+    if not on_gpu:
+        # bf16 matmuls on CPU are slow and lossy for tiny models; float32 is the safe CPU choice.
+        return torch.float32
+    try:
+        value = getattr(torch, dtype)
+    except AttributeError:
+        raise LLMError(f"unknown dtype {dtype!r}; use e.g. 'bfloat16', 'float16' or 'float32'") from None
+    if not isinstance(value, torch.dtype):
+        raise LLMError(f"unknown dtype {dtype!r}; use e.g. 'bfloat16', 'float16' or 'float32'")
+    return value
+
+
+@lru_cache(maxsize=2)
+def load_vlm(model: str, device_map: str, dtype: str) -> tuple[Any, Any]:
+    """Load (processor, model) once per process for a given id/dir, placement and dtype."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    on_gpu = torch.cuda.is_available()
+    with _LOAD_LOCK:
+        try:
+            processor = AutoProcessor.from_pretrained(model)
+            kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype, on_gpu)}
+            if device_map and device_map != "none":
+                kwargs["device_map"] = device_map
+            vlm = AutoModelForImageTextToText.from_pretrained(model, **kwargs)
+        except (OSError, ValueError, KeyError) as exc:
+            raise LLMError(
+                f"could not load transformers image-text-to-text model {model!r}: {exc}. "
+                "Pass a local directory or a hub id that is reachable from this machine."
+            ) from exc
+    vlm.eval()
+    return processor, vlm
+
+
+class TransformersVLMChatModel(BaseChatModel):
+    """Chat model on a transformers VLM; images in the messages are given to the model as pixels."""
+
+    model_name: str = Field(description="hub id or local directory")
+    device_map: str = "auto"
+    dtype: str = "bfloat16"
+    temperature: float = 0.0
+    max_tokens: int = 512
+    seed: int = 0
+    timeout_s: float | None = None
+
+    @property
+    def _llm_type(self) -> str:
+        return "logiscan-transformers-vlm"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "dtype": self.dtype,
+                "temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed}
+
+    def loaded(self) -> tuple[Any, Any]:
+        return load_vlm(self.model_name, self.device_map, self.dtype)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        import torch
+
+        if kwargs:
+            raise LLMError(f"unsupported generation options for the transformers backend: {sorted(kwargs)}")
+        processor, vlm = self.loaded()
+        conversation, images = to_vlm_conversation(messages)
+        if getattr(processor, "chat_template", None) is None:
+            raise LLMError(f"the processor of {self.model_name!r} has no chat template")
+        prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[prompt], images=images or None, return_tensors="pt")
+        inputs = inputs.to(vlm.device)
+        if "pixel_values" in inputs and vlm.dtype != torch.float32:
+            inputs["pixel_values"] = inputs["pixel_values"].to(vlm.dtype)
+        prompt_len = inputs["input_ids"].shape[1]
+        image_token_id = getattr(processor, "image_token_id", None)
+        # How many prompt positions carry image features: proof that pixels reached the model.
+        image_tokens = int((inputs["input_ids"] == image_token_id).sum()) if image_token_id is not None else None
+        generate_kwargs: dict[str, Any] = {"max_new_tokens": self.max_tokens}
+        if self.temperature > 0:
+            generate_kwargs.update(do_sample=True, temperature=self.temperature)
+        else:
+            generate_kwargs.update(do_sample=False)
+        if self.timeout_s is not None:
+            generate_kwargs["max_time"] = self.timeout_s  # generate() stops itself when over budget
+        if stop:
+            generate_kwargs.update(stop_strings=stop, tokenizer=processor.tokenizer)
+        torch.manual_seed(self.seed)
+        with torch.inference_mode():
+            output = vlm.generate(**inputs, **generate_kwargs)
+        new_tokens = output[0, prompt_len:]
+        text = processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        for marker in stop or []:
+            text = text.split(marker, 1)[0]
+        finished = bool(len(new_tokens)) and int(new_tokens[-1]) in _eos_ids(vlm)
+        if self.timeout_s is not None and not finished and len(new_tokens) < self.max_tokens and not stop:
+            raise LLMTimeoutError(
+                f"transformers model {self.model_name!r} did not finish within {self.timeout_s:g} s"
+            )
+        ai = AIMessage(
+            content=text.strip(),
+            usage_metadata={"input_tokens": int(prompt_len), "output_tokens": int(len(new_tokens)),
+                            "total_tokens": int(prompt_len + len(new_tokens))},
+            response_metadata={"model_name": self.model_name, "images": len(images), "image_tokens": image_tokens},
+        )
+        return ChatResult(generations=[ChatGeneration(message=ai)])
+
+
+def _eos_ids(vlm: Any) -> set[int]:
+    eos = getattr(vlm.generation_config, "eos_token_id", None)
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}

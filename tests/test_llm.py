@@ -1,0 +1,224 @@
+"""Chat-model backends: configuration, llama.cpp on a real GGUF, robustness helpers."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.tools import tool
+from PIL import Image
+from pydantic import ValidationError
+
+from agent.llm import (
+    IMAGE_OMITTED_NOTE, LLMConfig, LLMError, LLMTimeoutError, extract_code, image_to_data_url,
+    invoke_with_timeout, make_chat_model, model_id, weights,
+)
+from agent.llm.messages import MessageFormatError, data_url_to_image, to_text_only_dicts
+
+
+def _installed(name: str) -> None:
+    try:
+        weights.model_path(name)
+    except weights.WeightsError as exc:
+        pytest.skip(f"{exc}")
+
+
+# -- configuration ------------------------------------------------------------------------
+
+def test_config_validation_messages():
+    with pytest.raises(ValidationError, match="backend"):
+        LLMConfig(backend="mystery")
+    with pytest.raises(ValidationError, match="base_url must start with http"):
+        LLMConfig(backend="openai", base_url="localhost:8000")
+    with pytest.raises(ValidationError, match="model must name"):
+        LLMConfig(model="  ")
+    assert LLMConfig().backend == "llamacpp" and LLMConfig().model == "qwen2.5-coder-1.5b"
+
+
+def test_model_id_is_stable_and_separates_what_changes_answers():
+    base = LLMConfig(model="smollm2-135m")
+    assert model_id(base) == model_id(LLMConfig(model="smollm2-135m"))
+    assert model_id(base).startswith("llamacpp:smollm2-135m@b179c9523d0e")
+    assert model_id(base) != model_id(LLMConfig(model="smollm2-135m", temperature=0.7))
+    assert model_id(base) != model_id(LLMConfig(model="qwen2.5-coder-0.5b"))
+    served = LLMConfig(backend="openai", model="qwen", base_url="http://127.0.0.1:9/v1")
+    assert model_id(served).startswith("openai:qwen@http://127.0.0.1:9/v1")
+
+
+def test_unknown_llamacpp_model_and_missing_weights_are_clear(monkeypatch, tmp_path):
+    with pytest.raises(LLMError, match="neither a registered model"):
+        make_chat_model(LLMConfig(model="not-a-model"))
+    with pytest.raises(LLMError, match=r"does not exist"):
+        make_chat_model(LLMConfig(model=str(tmp_path / "absent.gguf")))
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path))
+    # A configuration no other test builds, so no cached instance hides the missing file.
+    with pytest.raises(LLMError, match="make model"):
+        make_chat_model(LLMConfig(model="qwen2.5-coder-0.5b", seed=12345))
+
+
+def test_openai_backend_needs_a_server_or_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(LLMError, match="needs base_url"):
+        make_chat_model(LLMConfig(backend="openai", model="gpt-4o"))
+
+
+# -- message conversion -------------------------------------------------------------------
+
+def test_text_only_conversion_replaces_images_with_a_note():
+    url = image_to_data_url(Image.new("RGB", (8, 6), (255, 0, 0)))
+    assert url.startswith("data:image/png;base64,")
+    assert data_url_to_image(url).size == (8, 6)
+    messages = [
+        SystemMessage("sys"),
+        HumanMessage(content=[{"type": "text", "text": "look:"}, {"type": "image_url", "image_url": {"url": url}}]),
+        AIMessage(content="", tool_calls=[{"name": "count", "args": {"part": "screw"}, "id": "c1"}]),
+        ToolMessage(content="2", tool_call_id="c1"),
+    ]
+    dicts = to_text_only_dicts(messages)
+    assert [d["role"] for d in dicts] == ["system", "user", "assistant", "tool"]
+    assert dicts[1]["content"] == f"look:\n{IMAGE_OMITTED_NOTE}"
+    assert dicts[2]["tool_calls"][0]["function"] == {"name": "count", "arguments": '{"part": "screw"}'}
+    assert dicts[3]["tool_call_id"] == "c1"
+
+
+def test_remote_and_broken_image_urls_are_refused():
+    with pytest.raises(MessageFormatError, match="not a data URL"):
+        data_url_to_image("https://example.com/cat.png")
+    with pytest.raises(MessageFormatError, match="invalid base64"):
+        data_url_to_image("data:image/png;base64,@@@")
+    with pytest.raises(MessageFormatError, match="readable image"):
+        data_url_to_image("data:image/png;base64,aGVsbG8=")
+
+
+# -- extract_code -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Here you go:\n```python\ncount = len(parts)\nprint(count)\n```\nDone.", "count = len(parts)\nprint(count)\n"),
+        ("```py\nx = 1\n```", "x = 1\n"),
+        ("```\ndef f(a):\n    return a + 1\n```", "def f(a):\n    return a + 1\n"),
+        ("```python\nresult = check(\n", "result = check(\n"),  # cut off by the token limit
+        ("import numpy as np\nn = np.sum(mask)", "import numpy as np\nn = np.sum(mask)\n"),
+        ("```text\nnot code\n```\n```python\ny = 2\n```", "y = 2\n"),
+    ],
+)
+def test_extract_code_finds_python(text, expected):
+    assert extract_code(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["The query image looks normal to me.", "OK", "", None, "42", "```\nThe box has 3 screws.\n```",
+     "I cannot write code for this, sorry!"],
+)
+def test_extract_code_returns_none_for_prose(text):
+    assert extract_code(text) is None
+
+
+# -- llama.cpp on real GGUF files ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smol():
+    _installed("smollm2-135m")
+    return make_chat_model(LLMConfig(model="smollm2-135m", max_tokens=16, n_ctx=1024))
+
+
+@pytest.mark.slow
+def test_llamacpp_answers_deterministically_and_is_cached(smol):
+    assert make_chat_model(LLMConfig(model="smollm2-135m", max_tokens=16, n_ctx=1024)) is smol
+    url = image_to_data_url(Image.new("RGB", (16, 16)))
+    # A text-only model gets image blocks replaced by a note rather than failing.
+    question = [SystemMessage("You are a helpful assistant."),
+                HumanMessage(content=[{"type": "text", "text": "Name one colour."},
+                                      {"type": "image_url", "image_url": {"url": url}}])]
+    first = smol.invoke(question)
+    assert isinstance(first.content, str) and first.content.strip()
+    assert first.usage_metadata["output_tokens"] > 0 and first.usage_metadata["input_tokens"] > 10
+    assert smol.invoke(question).content == first.content
+
+
+@pytest.mark.slow
+def test_llamacpp_honours_stop(smol):
+    reply = smol.invoke([HumanMessage("Count from 1 to 10, separated by commas.")], stop=["4"])
+    assert "3" in reply.content and "4" not in reply.content, reply.content
+    # "stop" (not "length"): the stop string ended generation before the token budget did.
+    assert reply.response_metadata["finish_reason"] == "stop"
+    assert reply.usage_metadata["output_tokens"] < 16
+
+
+@pytest.mark.slow
+def test_llamacpp_timeout_stops_generation():
+    _installed("smollm2-135m")
+    chat = make_chat_model(LLMConfig(model="smollm2-135m", max_tokens=2000, n_ctx=1024, timeout_s=0.2))
+    with pytest.raises(LLMTimeoutError, match=r"did not finish within 0.2 s"):
+        chat.invoke([HumanMessage("Write a very long story about a screw factory.")])
+
+
+@pytest.mark.slow
+def test_llamacpp_tool_calling():
+    _installed("qwen2.5-coder-0.5b")
+
+    @tool
+    def count_parts(part: str, expected: int) -> str:
+        """Count the parts of one kind in the image and compare with the expected count."""
+        return ""
+
+    chat = make_chat_model(LLMConfig(model="qwen2.5-coder-0.5b", max_tokens=64, n_ctx=2048))
+    bound = chat.bind_tools([count_parts], tool_choice="count_parts")
+    reply = bound.invoke([HumanMessage("Check the screws: a normal bag holds 2 screws.")])
+    assert len(reply.tool_calls) == 1
+    call = reply.tool_calls[0]
+    assert call["name"] == "count_parts" and set(call["args"]) == {"part", "expected"}
+    assert isinstance(call["args"]["expected"], int)
+    with pytest.raises(LLMError, match="not among the bound tools"):
+        chat.bind_tools([count_parts], tool_choice="measure")
+
+
+@pytest.mark.slow
+def test_invoke_with_timeout_turns_failures_into_llm_errors(smol):
+    text = invoke_with_timeout(smol, [HumanMessage("Say yes.")], timeout_s=60)
+    assert isinstance(text, str) and text
+    with pytest.raises(LLMError, match="timeout_s must be positive"):
+        invoke_with_timeout(smol, [HumanMessage("hi")], timeout_s=0)
+    # A server that is not there: the agent gets an LLMError naming the model, not a crash.
+    down = make_chat_model(LLMConfig(backend="openai", model="absent", base_url="http://127.0.0.1:9/v1", timeout_s=5))
+    with pytest.raises(LLMError, match=r"model absent failed: .*Connection"):
+        invoke_with_timeout(down, [HumanMessage("hi")], timeout_s=30)
+
+
+@pytest.mark.slow
+def test_invoke_with_timeout_gives_up_on_a_slow_model():
+    _installed("smollm2-135m")
+    # The model's own budget (2 s) frees llama.cpp soon after the caller has given up (0.05 s).
+    chat = make_chat_model(LLMConfig(model="smollm2-135m", max_tokens=2000, n_ctx=1024, timeout_s=2))
+    with pytest.raises(LLMTimeoutError, match="did not answer within 0.05 s"):
+        invoke_with_timeout(chat, [HumanMessage("Write a very long story about bolts.")], timeout_s=0.05)
+
+
+@pytest.mark.slow
+def test_llamacpp_prompt_longer_than_context_is_a_clear_error():
+    _installed("smollm2-135m")
+    chat = make_chat_model(LLMConfig(model="smollm2-135m", max_tokens=8, n_ctx=256))
+    with pytest.raises(LLMError, match=r"cannot take this prompt: .*n_ctx=256"):
+        chat.invoke([HumanMessage("screw nut washer " * 200)])
+
+
+@pytest.mark.slow
+def test_llamacpp_tool_loop_with_automatic_choice_and_tool_results():
+    _installed("qwen2.5-coder-0.5b")
+
+    @tool
+    def count_parts(part: str) -> int:
+        """Count the parts of one kind in the image."""
+        return 3
+
+    chat = make_chat_model(LLMConfig(model="qwen2.5-coder-0.5b", max_tokens=48, n_ctx=2048))
+    bound = chat.bind_tools([count_parts])  # no tool_choice: the model decides
+    history = [HumanMessage("Use count_parts to count the screws, then say how many there are.")]
+    first = bound.invoke(history)
+    assert isinstance(first, AIMessage)
+    # Whatever it chose, a tool result fed back must be rendered and answered, not dropped.
+    call = {"name": "count_parts", "args": {"part": "screw"}, "id": "call_1"}
+    history += [AIMessage(content="", tool_calls=[call]), ToolMessage(content="3", tool_call_id="call_1")]
+    second = bound.invoke(history)
+    assert second.tool_calls or (isinstance(second.content, str) and second.content.strip())
