@@ -17,6 +17,8 @@ _LAZY = {
     "Backbone": "detectors.backbones",
     "get_backbone": "detectors.backbones",
     "list_backbones": "detectors.backbones",
+    "register_backbone": "detectors.backbones",
+    "FeatureMaps": "detectors.backbones",
     "PatchCore": "detectors.patchcore",
     # scene parsing and the rules-free composition score
     "SceneParser": "detectors.parsing",
