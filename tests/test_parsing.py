@@ -1,0 +1,168 @@
+"""SceneParser and CompositionScorer on small synthetic scenes (fast, no backbone)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from detectors import NotFittedError, Scene
+from detectors.parsing import CompositionScorer, SceneParser
+from detectors.parsing.colors import color_name
+
+H, W = 200, 280
+
+
+def _scene_image(rng: np.random.Generator, n_discs: int = 2, bar: bool = True, rods: int = 2,
+                 disc_color=(235, 120, 20)) -> np.ndarray:
+    """Dark background, a light-grey tray; orange discs left, a blue bar top right,
+    grey rods and grey rings (same colour, different shape) bottom right."""
+    img = np.zeros((H, W, 3), np.float32) + (18, 18, 22)
+    yy, xx = np.mgrid[:H, :W]
+    j = lambda: rng.integers(-3, 4)  # noqa: E731 - small placement jitter
+    img[20:180, 20:260] = (232, 232, 226)
+    for i in range(n_discs):
+        cy, cx = 50 + 50 * i + j(), 60 + j()
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 17 ** 2] = disc_color
+    if bar:
+        y0, x0 = 40 + j(), 160 + j()
+        img[y0:y0 + 14, x0:x0 + 70] = (30, 60, 200)
+    for i in range(rods):
+        y0, x0 = 110 + 25 * i + j(), 150 + j()
+        img[y0:y0 + 8, x0:x0 + 50] = (90, 90, 90)
+    for i in range(2):
+        cy, cx = 125 + 30 * i + j(), 230 + j()
+        r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        img[(r2 < 11 ** 2) & (r2 > 5 ** 2)] = (90, 90, 90)
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def refs():
+    rng = np.random.default_rng(0)
+    return [_scene_image(rng) for _ in range(4)]
+
+
+@pytest.fixture(scope="module")
+def parser(refs):
+    return SceneParser(backbone=None, image_size=280).fit(refs)
+
+
+def _parts_by(scene: Scene, color: str) -> list:
+    return [p for p in scene.parts if p.color_name == color]
+
+
+def test_parts_counts_and_positions(parser):
+    scene = parser.parse(_scene_image(np.random.default_rng(5)))
+    orange = _parts_by(scene, "orange")
+    assert len(orange) == 1 and orange[0].count == 2
+    discs = [c for c in scene.components if c.part == orange[0].id]
+    assert all(c.horizontal == "left" for c in discs)
+    blue = _parts_by(scene, "blue")
+    assert len(blue) == 1 and blue[0].count == 1
+    bar = next(c for c in scene.components if c.part == blue[0].id)
+    assert bar.vertical == "top" and bar.horizontal == "right"
+    assert bar.major_axis / bar.minor_axis > 3 and abs(bar.orientation) < 10
+    # full-resolution geometry: the bar is 70 px long in a 280 px wide image
+    assert 55 < bar.major_axis < 85
+    x0, y0, x1, y1 = scene.product_bbox
+    assert abs(x0 - 20) <= 3 and abs(x1 - 260) <= 3 and abs(y0 - 20) <= 3 and abs(y1 - 180) <= 3
+
+
+def test_same_colour_different_shape_are_different_parts(parser):
+    scene = parser.parse(_scene_image(np.random.default_rng(6)))
+    grey = [p for p in scene.parts if p.color_name in ("gray", "dark gray")]
+    assert sorted(p.count for p in grey) == [2, 2], parser.describe_parts()
+    shapes = {p.id: [c.major_axis / c.minor_axis for c in scene.components if c.part == p.id] for p in grey}
+    elong = sorted(np.mean(v) for v in shapes.values())
+    assert elong[0] < 1.5 and elong[1] > 3  # rings vs rods
+
+
+def test_part_ids_are_stable_and_described(parser, refs):
+    ids = [tuple(p.id for p in s.parts) for s in parser.reference_scenes]
+    assert len(set(ids)) == 1
+    a, b = parser.parse(refs[0]), parser.parse(refs[0])
+    assert a.counts() == b.counts()
+    table = parser.describe_parts()
+    assert "orange" in table and "usually 2 per image" in table and "left" in table
+    orange = _parts_by(a, "orange")[0]
+    assert orange.ref_count.mean == 2 and orange.ref_count.std == 0
+    assert "round" in orange.description
+
+
+def test_composition_score_flags_count_and_colour(parser):
+    rng = np.random.default_rng(9)
+    good = [parser.composition_score(parser.parse(_scene_image(rng))) for _ in range(3)]
+    extra = parser.parse(_scene_image(rng, n_discs=3))
+    missing = parser.parse(_scene_image(rng, bar=False))
+    assert max(good) < 0.5
+    assert parser.composition_score(extra) > 0.5
+    assert parser.composition_score(missing) > 0.5
+    top = parser.composition_report(extra, top=1)[0]
+    assert top.quantity in ("count", "area_frac") and top.observed > top.ref_mean
+    assert top.part == _parts_by(extra, "orange")[0].id
+
+
+def test_scene_json_and_save_load(parser, tmp_path):
+    scene = parser.parse(_scene_image(np.random.default_rng(11)))
+    data = json.loads(scene.model_dump_json())
+    assert "segmentation" not in data and data["parts"] and data["components"]
+    assert scene.segmentation.shape[0] > 0 and scene.segmentation.max() <= len(scene.parts)
+    path = tmp_path / "parser.json"
+    parser.save(path)
+    loaded = SceneParser.load(path)
+    again = loaded.parse(_scene_image(np.random.default_rng(11)))
+    assert again.counts() == scene.counts()
+    assert loaded.describe_parts() == parser.describe_parts()
+    assert abs(loaded.composition_score(again) - parser.composition_score(scene)) < 1e-9
+    assert len(loaded.reference_scenes) == 4
+
+
+def test_names_and_hints(refs):
+    p = SceneParser(backbone=None, image_size=280, part_hints={"tangerine": "orange", "lid": "blue|red"}).fit(refs)
+    names = {part.name for part in p.parse(refs[1]).parts}
+    assert {"tangerine", "lid"} <= names
+    pid = p.part_ids()[0]
+    p.set_part_names({pid: "tray"})
+    assert p.parse(refs[1]).part("tray").id == pid
+    with pytest.raises(KeyError, match="unknown part ids"):
+        p.set_part_names({"p99": "x"})
+
+
+def test_object_mode_joins_small_colours_into_objects(refs):
+    """With object_share, the small colours (discs, bar, rods, rings) are pieces of objects; the
+    tray stays a region. Counts and shapes survive."""
+    p = SceneParser(backbone=None, image_size=280, object_share=0.3).fit(refs)
+    scene = p.parse(_scene_image(np.random.default_rng(21)))
+    objects = [c for c in scene.components if c.area_frac < 0.2]
+    assert len(objects) == 2 + 1 + 2 + 2, p.describe_parts()
+    rods = [c for c in objects if c.major_axis / c.minor_axis > 3 and c.color_name in ("gray", "dark gray")]
+    assert len(rods) == 2
+
+
+def test_bad_input_errors(tmp_path):
+    with pytest.raises(ValueError, match="at least one normal reference"):
+        SceneParser(backbone=None).fit([])
+    with pytest.raises(NotFittedError, match="not fitted"):
+        SceneParser(backbone=None).parse(np.zeros((10, 10, 3), np.uint8))
+    with pytest.raises(ValueError, match="max_parts must be at least 1"):
+        SceneParser(max_parts=0)
+    with pytest.raises(ValueError, match="object_share must be in"):
+        SceneParser(object_share=1.5)
+    bad = tmp_path / "x.json"
+    bad.write_text('{"format": "other"}')
+    with pytest.raises(ValueError, match="is not a saved SceneParser"):
+        SceneParser.load(bad)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        CompositionScorer().score(Scene(image_size=(1, 1), product_bbox=(0, 0, 1, 1), parts=[], components=[]))
+
+
+def test_color_names():
+    assert color_name((240, 130, 20)) == "orange"
+    assert color_name((30, 60, 200)) == "blue"
+    assert color_name((250, 250, 250)) == "white"
+    assert color_name((5, 5, 5)) == "black"
+    assert color_name((230, 210, 30)) == "yellow"
+    assert color_name((200, 20, 20)) == "red"
