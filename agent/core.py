@@ -313,7 +313,7 @@ class Agent:
             ),
             category=ctx.rules.category,
             image=str(name) if name is not None else None,
-            logic_available=ctx.program is not None and bool(ctx.program.source) and not logic_note.startswith("Logic check unavailable:"),
+            logic_available=any(f.source in RULE_SOURCES for f in findings),
             logic_note=logic_note,
             component_scores=components,
             anomaly_peak_xy=structural_result.peak_xy if structural_result is not None else None,

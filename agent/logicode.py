@@ -262,6 +262,7 @@ class LogiCodeGenerator:
                 break
             result.problems.append(problem)
             log.info("rule %s attempt %d rejected: %s", rule.id, attempt + 1, problem)
+            log.debug("rejected answer for rule %s:\n%s", rule.id, answer)
             messages += [
                 AIMessage(answer),
                 HumanMessage(logicode_repair_request(rule, problem=problem, observations=observations)),
