@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-DEFAULT_SYNTH_CATEGORIES = ("screw_bag", "splicing_connectors", "pushpins")
+DEFAULT_SYNTH_CATEGORIES = ("screw_bag", "splicing_connectors")
 
 
 def shared_dir() -> Optional[Path]:
@@ -57,6 +57,8 @@ def run_demo(
     for category in categories:
         gen = SynthGenerator(category, seed=seed, scale=scale)
         refs = [gen.sample(i, kind="good").image for i in range(k)]
+        console.print(f"[dim]{category}: fitting {k} references; the local model writes the LogiCode checks "
+                      "on the first run (about a minute per rule set on 2 cores, cached afterwards)...[/dim]")
         t0 = time.perf_counter()
         ctx = agent.prepare(category=category, references=refs)
         console.print(
@@ -77,6 +79,7 @@ def run_demo(
         console.rule("[bold]real MVTec LOCO AD cases[/bold] (one normal reference each)")
         for case in sorted((shared / "loco" / "cases").iterdir()):
             meta = json.loads((case / "rules.json").read_text())
+            console.print(f"[dim]{case.name}: preparing (one reference: normal.png)...[/dim]")
             ctx = agent.prepare(
                 rules=meta["rules"], category=meta["category"], class_context=meta["class_context"],
                 references=[case / "normal.png"],
