@@ -108,7 +108,7 @@ def run_agentic(chat_model: Any, messages: list, tools: list[StructuredTool], ru
     findings = []
     for item in parse_inspection_answer(answer):
         rule = rules_by_id.get(str(item.get("rule_id")))
-        if rule is None:
+        if rule is None or item.get("passed") is None:  # unreadable: no claim either way
             continue
         findings.append(Finding(
             rule_id=rule.id, rule_text=rule.text, passed=bool(item.get("passed")),

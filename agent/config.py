@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 def default_cache_dir() -> Path:
@@ -16,15 +16,17 @@ def default_cache_dir() -> Path:
 
 
 class PerceptionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     backbone: str = "efficientnet-lite0"
     structural: bool = True
-    #: optional CLIP labelling of parts, e.g. {"model": "ViT-B-16", "pretrained": "/path/ckpt.pt"}
-    clip: Optional[dict] = None
     part_names: dict[str, str] = Field(default_factory=dict, description="part id -> name hints")
 
 
 class FusionConfig(BaseModel):
     """How the three evidence sources become one score (see ``agent.fusion``)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     weight_structural: float = Field(default=1.0, ge=0.0, le=1.0)
@@ -34,6 +36,8 @@ class FusionConfig(BaseModel):
 class AgentConfig(BaseModel):
     """Everything that selects models and behaviour. ``Agent()`` uses these defaults."""
 
+    model_config = ConfigDict(extra="forbid")  # a typo in a config file is an error, not a no-op
+
     llm: Optional[dict] = Field(
         default=None, description="agent.llm.LLMConfig fields; None = CPU default (llama.cpp Qwen2.5-Coder-1.5B)"
     )
@@ -41,7 +45,7 @@ class AgentConfig(BaseModel):
     perception: PerceptionConfig = Field(default_factory=PerceptionConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     repair_rounds: int = Field(default=3, ge=0, le=10)
-    program_timeout_s: float = Field(default=10.0, gt=0)
+    program_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     program_memory_mb: int = Field(default=1024, ge=64)
     generation_timeout_s: float = Field(default=120.0, gt=0)
     cache_dir: Path = Field(default_factory=default_cache_dir)

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: perception works on images no larger than this (long side); geometry is reported at full size
 MAX_INPUT_SIDE = 4096
+#: prepared (rules, references) contexts kept in memory, least recently used dropped first
+MAX_CONTEXTS = 8
 
 
 def image_digest(image) -> str:
@@ -72,7 +75,7 @@ class Agent:
         self._chat_model = chat_model
         self._model_id = model_id
         self._lock = threading.RLock()
-        self._contexts: dict[str, Context] = {}
+        self._contexts: OrderedDict[str, Context] = OrderedDict()
         self._programs = ProgramCache(self.config.cache_dir / "programs" if self.config.use_disk_cache else None)
         self.last_verdict: Optional[Verdict] = None
         self.last_scene = None
@@ -104,10 +107,20 @@ class Agent:
                 self._chat_model = make_chat_model(self.llm_config)
             return self._chat_model
 
-    def _chat(self, messages: list) -> str:
-        from agent.llm import invoke_with_timeout
+    def _chat(self, messages: list, attempt: int = 0) -> str:
+        """Greedy on the first attempt; sampled (reproducibly seeded) on repairs, because a
+        greedy model given the same mistake tends to repeat it word for word."""
+        from agent.llm import LLMError, invoke_with_timeout
 
-        return invoke_with_timeout(self.chat_model, messages, self.config.generation_timeout_s)
+        if attempt == 0:
+            return invoke_with_timeout(self.chat_model, messages, self.config.generation_timeout_s)
+        try:
+            return invoke_with_timeout(self.chat_model, messages, self.config.generation_timeout_s,
+                                       temperature=0.7, seed=attempt)
+        except LLMError as exc:
+            if "unsupported generation options" not in str(exc):
+                raise
+            return invoke_with_timeout(self.chat_model, messages, self.config.generation_timeout_s)
 
     # -- preparation ----------------------------------------------------------------------
     def prepare(
@@ -132,6 +145,7 @@ class Agent:
         key = f"{rules.digest()}:{refset_hash}:{zero_shot}"
         with self._lock:
             if key in self._contexts:
+                self._contexts.move_to_end(key)
                 return self._contexts[key]
             timings: dict[str, float] = {}
             t0 = time.perf_counter()
@@ -152,6 +166,8 @@ class Agent:
             self._attach_program(ctx)
             timings["program"] = time.perf_counter() - t0
             self._contexts[key] = ctx
+            while len(self._contexts) > MAX_CONTEXTS:  # each holds fitted detectors: bound the memory
+                self._contexts.popitem(last=False)
             return ctx
 
     def _fit_perception(self, ref_images: list, refset_hash: str, *, structural: bool):
@@ -229,7 +245,10 @@ class Agent:
                 log.warning("LogiCode generation failed: %s", exc)
                 ctx.logic_note = f"Logic check unavailable: program generation failed ({exc})."
                 return
-            self._programs.put(program)
+            if program.model_failed:
+                log.warning("not caching the LogiCode program: the model failed on some rules")
+            else:
+                self._programs.put(program)
         else:
             program = program.model_copy(update={"origin": "cached"})
         ctx.program = program
@@ -350,7 +369,8 @@ class Agent:
                     expected=item.get("expected"),
                     observed=item.get("observed"),
                     explanation=str(item.get("explanation") or "")[:300],
-                    confidence=1.0,
+                    # A check that crashed on this image says something is off, not what.
+                    confidence=0.5 if item.get("error") else 1.0,
                     evidence=_regions(item.get("evidence")),
                     source="logicode",
                 )
@@ -365,7 +385,8 @@ class Agent:
         tools = build_tools(scene=scene, ctx=ctx, structural_result=structural_result,
                             composition=composition, run_program=self._run_sandboxed)
         messages = build_inspection_messages(
-            ctx.rules, img, ctx.reference_images, scene_text=ctx.parser.describe_parts(), mode="images",
+            ctx.rules, img, ctx.reference_images, scene_text=scene,
+            reference_scene_text=ctx.parser.describe_parts(), mode="images",
         )
         return run_agentic(self.chat_model, messages, tools, ctx.rules)
 

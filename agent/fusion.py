@@ -15,6 +15,8 @@ from .schema import Finding
 
 #: findings that judge a normality rule (the rest is evidence from the detectors)
 RULE_SOURCES = ("logicode", "model")
+#: a failed rule at least this confident decides the verdict on its own
+CONFIDENT = 0.75
 
 
 def fuse(
@@ -39,10 +41,12 @@ def fuse(
         failed = [f for f in logic if not f.passed]
         severity = sum(f.confidence for f in failed) / len(logic)
         components["logic"] = severity
-        if failed:
+        if any(f.confidence >= CONFIDENT for f in failed):
             # Any confident failed rule is an anomaly; the rest of the evidence orders them.
             score = config.threshold + (1.0 - config.threshold) * max(severity, evidence)
             return min(1.0, max(config.threshold + 1e-6, score)), components
+        # Unconfident failures (checks that crashed) raise the score without deciding it.
+        evidence = max(evidence, min(config.threshold - 1e-6, severity))
     return min(1.0, max(0.0, evidence)), components
 
 

@@ -16,6 +16,7 @@ import ast
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -33,6 +34,7 @@ from prompts.rules import NormalityRules, Rule
 log = logging.getLogger(__name__)
 
 PRELUDE = "import math\nimport logicode as lc\n"
+MODEL_FAILURE = "the language model failed"
 SYSTEM_PROMPT = (
     "You are an expert Python programmer who writes short, correct inspection checks. "
     "You only use the helpers you are given."
@@ -77,6 +79,12 @@ class LogiCodeProgram(BaseModel):
         }
 
     @property
+    def model_failed(self) -> bool:
+        """A rule was given up because the model itself failed (not because its code was
+        wrong): such a program is not cached, so the next run tries again."""
+        return any(p.startswith(MODEL_FAILURE) for f in self.functions if not f.ok for p in f.problems[-1:])
+
+    @property
     def checked_rule_ids(self) -> list[str]:
         return [f.rule_id for f in self.functions if f.ok]
 
@@ -94,10 +102,15 @@ def assemble(functions: Sequence[tuple[str, str, str]]) -> str:
         "    findings = []\n"
         "    for rule_id, rule_check in RULE_CHECKS:\n"
         "        try:\n"
-        "            findings.append(rule_check(scene, references))\n"
+        "            result = rule_check(scene, references)\n"
         "        except Exception as error:\n"
-        "            findings.append(lc.finding(rule_id, False, None, None,\n"
-        "                                       'the check could not be evaluated: ' + str(error)))\n"
+        "            result = lc.finding(rule_id, False, None, None, 'the check could not be evaluated: ' + str(error))\n"
+        "            result['error'] = True\n"
+        "        if not isinstance(result, dict):\n"
+        "            result = lc.finding(rule_id, False, None, None, 'the check returned no finding')\n"
+        "            result['error'] = True\n"
+        "        result['rule_id'] = rule_id\n"
+        "        findings.append(result)\n"
         "    return findings\n"
     )
     return "\n".join(body)
@@ -119,8 +132,28 @@ def clean_function(code: str, function_name: str) -> str:
             kept.append(node)
         elif isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
             kept.append(node)
+    # All rules share one module once assembled: give this rule's own helpers and constants
+    # a rule-specific name so that another rule's `EXPECTED` or `helper` cannot replace them.
+    own = {n.name for n in kept if isinstance(n, ast.FunctionDef) and n.name != function_name}
+    own |= {t.id for n in kept if isinstance(n, ast.Assign) for t in n.targets}
     module = ast.Module(body=kept, type_ignores=[])
-    return ast.unparse(module)
+    if own:
+        module = _Renamer({name: f"{function_name}_{name}" for name in own}).visit(module)
+    return ast.unparse(ast.fix_missing_locations(module))
+
+
+class _Renamer(ast.NodeTransformer):
+    def __init__(self, mapping: dict[str, str]):
+        self.mapping = mapping
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        node.id = self.mapping.get(node.id, node.id)
+        return node
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.FunctionDef:
+        node.name = self.mapping.get(node.name, node.name)
+        self.generic_visit(node)
+        return node
 
 
 def program_key(rules: NormalityRules, refset_hash: str, api_version: str, model_id: str, parts_table: str) -> str:
@@ -166,10 +199,13 @@ class ProgramCache:
         if self.directory is None:
             return None
         self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / f"{program.key}.py").write_text(program.source, encoding="utf-8")
-        tmp = self.directory / f"{program.key}.json.tmp"
-        tmp.write_text(program.model_dump_json(indent=1), encoding="utf-8")
-        tmp.replace(self.directory / f"{program.key}.json")
+        with tempfile.NamedTemporaryFile("w", dir=self.directory, suffix=".tmp", delete=False, encoding="utf-8") as fh:
+            fh.write(program.source)
+        Path(fh.name).replace(self.directory / f"{program.key}.py")
+        # Unique temporary names: parallel audit workers may write the same key at once.
+        with tempfile.NamedTemporaryFile("w", dir=self.directory, suffix=".tmp", delete=False, encoding="utf-8") as fh:
+            fh.write(program.model_dump_json(indent=1))
+        Path(fh.name).replace(self.directory / f"{program.key}.json")
         return self.directory / f"{program.key}.py"
 
     def path_of(self, key: str) -> Optional[Path]:
@@ -186,14 +222,14 @@ class LogiCodeGenerator:
 
     def __init__(
         self,
-        chat: Callable[[list], str],
+        chat: Callable[[list, int], str],
         *,
         run: Callable[..., Any],
         check_source: Callable[[str], list],
         api_reference: str,
         repair_rounds: int = 3,
     ):
-        """``chat(messages) -> text`` talks to the model; ``run(source, entrypoint, args)``
+        """``chat(messages, attempt) -> text`` talks to the model (greedy first, sampled on repairs); ``run(source, entrypoint, args)``
         is ``sandbox.run_program``; ``check_source`` is the sandbox's static check."""
         self.chat = chat
         self.run = run
@@ -252,9 +288,9 @@ class LogiCodeGenerator:
         for attempt in range(1 + self.repair_rounds):
             result.attempts = attempt + 1
             try:
-                answer = self.chat(messages)
+                answer = self.chat(messages, attempt)
             except Exception as exc:  # a model that times out or errors: record and give up this rule
-                result.problems.append(f"the language model failed: {exc}")
+                result.problems.append(f"{MODEL_FAILURE}: {exc}")
                 break
             source, problem, observations = self._validate(answer, fname, rule, scenes, references, require_pass)
             if problem is None:

@@ -51,7 +51,7 @@ class ScriptedModel:
         self.answers = list(answers)
         self.requests = []
 
-    def __call__(self, messages):
+    def __call__(self, messages, attempt=0):
         self.requests.append(messages)
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
@@ -170,3 +170,32 @@ def test_program_cache_on_disk_and_key_sensitivity(tmp_path):
 def test_corrupt_cache_entry_is_ignored(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     assert ProgramCache(tmp_path).get("bad") is None
+
+
+def test_rules_keep_their_own_helpers_and_constants_when_assembled():
+    r1 = ("```python\nEXPECTED = 3\ndef helper(scene):\n    return lc.count(scene, 'p1')\n"
+          "def check_r1(scene, references):\n    return lc.finding('r1', helper(scene) == EXPECTED, helper(scene), EXPECTED)\n```")
+    r2 = ("```python\nEXPECTED = 99\ndef helper(scene):\n    return 0\n"
+          "def check_r2(scene, references):\n    return lc.finding('r2', helper(scene) == 0, helper(scene), EXPECTED)\n```")
+    program = _generate(ScriptedModel([r1, r2]))
+    assert program.checked_rule_ids == ["r1", "r2"]
+    assert "check_r1_EXPECTED = 3" in program.source and "check_r2_EXPECTED = 99" in program.source
+    res = sandbox.run_program(program.source, "check", {"scene": _scene(3), "references": REFS})
+    assert res.ok and [f["passed"] for f in res.value] == [True, True]
+    assert res.value[0]["expected"] == 3
+
+
+def test_wrapper_forces_the_rule_id_and_flags_crashes():
+    wrong_id = "def check_r1(scene, references):\n    return lc.finding('other', False, 1, 2)\n"
+    crash = "def check_r2(scene, references):\n    return [][0]\n"
+    source = assemble([("r1", "check_r1", wrong_id), ("r2", "check_r2", crash)])
+    res = sandbox.run_program(source, "check", {"scene": _scene(3), "references": REFS})
+    assert [f["rule_id"] for f in res.value] == ["r1", "r2"]
+    assert res.value[1]["error"] is True and "could not be evaluated" in res.value[1]["explanation"]
+    assert "error" not in res.value[0]
+
+
+def test_model_failures_mark_the_program_as_not_cacheable():
+    program = _generate(ScriptedModel([TimeoutError("slow"), GOOD_R2]))
+    assert program.model_failed
+    assert not _generate(ScriptedModel([GOOD_R1, GOOD_R2])).model_failed

@@ -136,17 +136,20 @@ class LlamaCppChatModel(BaseChatModel):
 
         tools = kwargs.pop("tools", None)
         tool_choice = kwargs.pop("tool_choice", None)
+        # Per-call sampling overrides: a repair loop asks for a different answer, reproducibly.
+        temperature = kwargs.pop("temperature", self.temperature)
+        seed = kwargs.pop("seed", self.seed)
         if kwargs:
             raise LLMError(f"unsupported generation options for llama.cpp: {sorted(kwargs)}")
         llama = self.llama
         payload = to_text_only_dicts(messages)
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
-        common = dict(temperature=self.temperature, max_tokens=self.max_tokens, stop=stop or [])
+        common = dict(temperature=temperature, max_tokens=self.max_tokens, stop=stop or [])
         expired = False
         try:
             with _LOCKS[id(llama)]:
                 # Re-seeding per call makes sampled (temperature > 0) answers reproducible too.
-                llama.set_seed(self.seed)
+                llama.set_seed(seed)
                 if tools:
                     response = chatml_function_calling(
                         llama=llama, messages=_for_function_calling(payload), tools=tools,
@@ -157,7 +160,7 @@ class LlamaCppChatModel(BaseChatModel):
                     # the generator ends decoding), so the model is free for the next call at once.
                     pieces: list[str] = []
                     finish_reason = None
-                    stream = llama.create_chat_completion(messages=payload, seed=self.seed, stream=True, **common)
+                    stream = llama.create_chat_completion(messages=payload, seed=seed, stream=True, **common)
                     try:
                         for chunk in stream:
                             choice = chunk["choices"][0]
