@@ -27,7 +27,7 @@ $(VENV)/.stamp-torch: $(VENV)/.stamp-venv
 	$(PIP) install -q $(TORCH_PINS)
 	touch $@
 
-$(VENV)/.stamp-deps: $(VENV)/.stamp-torch pyproject.toml
+$(VENV)/.stamp-deps: $(VENV)/.stamp-torch pyproject.toml Makefile
 	$(PIP) install -q $(TORCH_PINS) -e ".[llm,web,test]"
 	touch $@
 
@@ -38,7 +38,7 @@ model: install
 
 # Debian's Chromium for the web UI's browser test (skipped with a message where absent).
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@test -x /usr/bin/chromium || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	      || echo "warning: could not install chromium; browser tests will skip"; \

@@ -144,12 +144,16 @@ def build_app(agent_factory: Optional[Callable[[], Any]] = None):
                              show_label=False, scale=4, elem_id="chat-input")
             send = gr.Button("Send", scale=1, elem_id="chat-send")
 
+        # One shared agent: every listener that can run it joins one concurrency group, so an
+        # inspection and a chat "inspect PATH" never interleave on the agent's last verdict.
         run.click(on_inspect, [image, category, rules, refs, session, history],
-                  [verdict, overlay, findings, program, session, history]).then(
+                  [verdict, overlay, findings, program, session, history],
+                  concurrency_id="agent", concurrency_limit=1).then(
             lambda h: h, history, chatbot)
         for trigger in (msg.submit, send.click):
             trigger(on_chat, [msg, session, history],
-                    [verdict, overlay, findings, program, chatbot, session, history, msg])
+                    [verdict, overlay, findings, program, chatbot, session, history, msg],
+                    concurrency_id="agent", concurrency_limit=1)
     return demo
 
 
