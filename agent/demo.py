@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-DEFAULT_SYNTH_CATEGORIES = ("screw_bag", "splicing_connectors")
+DEFAULT_SYNTH_CATEGORIES = ("splicing_connectors", "screw_bag")
 
 
 def shared_dir() -> Optional[Path]:

@@ -299,7 +299,9 @@ class LogiCodeGenerator:
             result.problems.append(problem)
             log.info("rule %s attempt %d rejected: %s", rule.id, attempt + 1, problem)
             log.debug("rejected answer for rule %s:\n%s", rule.id, answer)
-            messages += [
+            # Only the latest failed answer stays in the conversation: a small model shown its
+            # whole history tends to copy it, and the prompt stays short.
+            messages = messages[:2] + [
                 AIMessage(answer),
                 HumanMessage(logicode_repair_request(rule, problem=problem, observations=observations)),
             ]
