@@ -80,6 +80,10 @@ def _singular(word: str) -> str:
     return w
 
 
+NO_SERVER_PATHS = ("Here, files on the server cannot be named: upload the image and the references "
+                   "with the form above, or paste rules as text.")
+
+
 class ChatSession:
     """One user's conversation with the agent."""
 
@@ -91,13 +95,17 @@ class ChatSession:
         rules: Any = None,
         category: Optional[str] = None,
         references: Optional[list[str]] = None,
+        allow_server_paths: bool = True,
     ):
+        """``allow_server_paths=False`` (the web UI) refuses commands that name files on the
+        server, so that a browser user can reach only what they upload."""
         if agent is None and agent_factory is None:
             from .audit import default_agent_factory
 
             agent_factory = default_agent_factory
         self._agent = agent
         self._agent_factory = agent_factory
+        self.allow_server_paths = allow_server_paths
         self.category = category
         self.rules = None
         self.references: list[str] = list(references or [])
@@ -200,6 +208,8 @@ class ChatSession:
 
         m = re.match(r"^(?:inspect|check|load|analy[sz]e|open)\s+(.+)$", text, re.I)
         if m:
+            if not self.allow_server_paths:
+                return ChatReply(NO_SERVER_PATHS, intent="inspect")
             return self.inspect(_one_path(m.group(1)))
         if low in ("rerun", "again", "re-run", "inspect again", "check again"):
             if self.image is None:
@@ -209,6 +219,8 @@ class ChatSession:
         m = re.match(r"^(?:set\s+)?rules?\s*[:=]\s*(.+)$", text, re.I | re.S)
         if m:
             body = m.group(1).strip()
+            if not self.allow_server_paths and "\n" not in body and body.lower().endswith((".yaml", ".yml", ".json")):
+                return ChatReply(NO_SERVER_PATHS, intent="rules")
             self.set_rules(body)
             return ChatReply(f"Rules replaced ({len(self.rules.rules)}):\n{self.rules.numbered()}\n"
                              "Say 'rerun' to check the last image again.", intent="rules")
@@ -230,6 +242,8 @@ class ChatSession:
 
         m = re.match(r"^(?:refs?|references?)\s+add\s+(.+)$", text, re.I)
         if m:
+            if not self.allow_server_paths:
+                return ChatReply(NO_SERVER_PATHS, intent="refs")
             added = self.add_references(shlex.split(m.group(1)))
             return ChatReply(f"Added {len(added)} reference(s); {len(self.references)} in all. "
                              "Say 'rerun' to check the last image again.", intent="refs")

@@ -74,7 +74,7 @@ def build_app(agent_factory: Optional[Callable[[], Any]] = None):
     categories = builtin_categories()
 
     def new_session() -> ChatSession:
-        return ChatSession(agent_factory=shared)
+        return ChatSession(agent_factory=shared, allow_server_paths=False)
 
     def on_inspect(image, category, rules_text, references, session, history):
         session = session or new_session()

@@ -131,3 +131,14 @@ def test_verdict_text_lists_every_finding(session, images):
     text = verdict_text(v)
     assert text.startswith("Verdict: ANOMALOUS (score")
     assert "- [FAIL] r1: There is exactly one red square. — expected 1, observed 3" in text
+
+
+def test_web_sessions_refuse_server_paths(tmp_path):
+    from agent.chat import NO_SERVER_PATHS, ChatSession
+
+    session = ChatSession(agent_factory=lambda: None, category="screw_bag", allow_server_paths=False)
+    for command in ("inspect /etc/passwd", "ref add /root/*.png", "rules: /etc/rules.yaml"):
+        reply = session.handle(command)
+        assert reply.text == NO_SERVER_PATHS
+    assert session.references == [] and session.image is None
+    assert "exactly two screws" in session.handle("rules: The bag holds exactly two screws.").text
