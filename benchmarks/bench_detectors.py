@@ -11,7 +11,9 @@ No arguments. It renders its own synthetic set with a fixed seed (``SynthGenerat
   count equals the generator's; ground-truth part names are mapped to part ids by pixel overlap
   with ``part_map`` on the references;
 - seconds_per_image: parse + structural score of one image at full LOCO resolution (the rendered
-  image is resized to the category's real size first), backbone features computed once and shared;
+  image is resized to the category's real size first), backbone features computed once and offered
+  to the parser, which uses them only when they match its own input size and layer (PatchCore's
+  448-pixel features do not match its 320, so it computes its own: fit and parse stay consistent);
 - peak_rss_mb: the process's peak resident memory.
 
 Then the same figures on the real ``/work/shared/loco/juice_bottle`` slice when present: 4

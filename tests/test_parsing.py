@@ -120,6 +120,72 @@ def test_scene_json_and_save_load(parser, tmp_path):
     assert len(loaded.reference_scenes) == 4
 
 
+def test_segmentation_labels_match_part_ids(parser, refs):
+    """segmentation holds 1 + the index of a component's part in part_ids(), also in the
+    reference scenes, whose ids are renumbered by area after the first parse."""
+    ids = parser.part_ids()
+    for scene in list(parser.reference_scenes) + [parser.parse(refs[2])]:
+        for comp in scene.components:
+            x0, y0, x1, y1 = comp.bbox
+            h, w = scene.segmentation.shape
+            sx, sy = w / scene.image_size[0], h / scene.image_size[1]
+            cx, cy = comp.centroid
+            window = scene.segmentation[int(y0 * sy):int(np.ceil(y1 * sy)), int(x0 * sx):int(np.ceil(x1 * sx))]
+            labels, n = np.unique(window[window > 0], return_counts=True)
+            assert labels.size, f"component {comp.id} has no segmentation pixels"
+            assert ids[labels[n.argmax()] - 1] == comp.part, (comp.part, dict(zip(labels, n)))
+
+
+class _FakeFeatures(dict):
+    """Shared backbone features as another detector computes them (other input size)."""
+
+    def __init__(self, input_size, image_size, backbone="fake"):
+        super().__init__(layer=np.zeros((1, 4, 8, 8), np.float32))
+        self.strides = {"layer": 8}
+        self.input_size, self.image_size, self.backbone = input_size, image_size, backbone
+
+
+class _FakeBackbone:
+    name = "fake"
+
+    def input_size_for(self, image_size, size):
+        s = size / max(image_size)
+        return (round(image_size[0] * s / 32) * 32, round(image_size[1] * s / 32) * 32)
+
+
+def test_shared_features_must_match_the_fitted_input_size(parser):
+    bb = _FakeBackbone()
+    assert parser._compatible(_FakeFeatures((288, 192), (280, 200)), bb)  # long side 280 -> 288
+    assert not parser._compatible(_FakeFeatures((448, 320), (280, 200)), bb)
+    assert not parser._compatible(_FakeFeatures((288, 192), (280, 200), backbone="other"), bb)
+
+
+def _shiny_scene(rng: np.random.Generator, n_bolts: int = 3) -> np.ndarray:
+    """A dark-blue bag on black; metal bolts with a bright highlight half and a dark shadow half."""
+    img = np.zeros((H, W, 3), np.float32) + (8, 8, 10)
+    img[15:185, 15:265] = (40, 55, 90)
+    for i in range(n_bolts):
+        y0, x0 = 40 + 45 * i + rng.integers(-4, 5), 50 + 60 * i + rng.integers(-4, 5)
+        img[y0:y0 + 6, x0:x0 + 60] = (235, 235, 235)      # highlight
+        img[y0 + 6:y0 + 12, x0:x0 + 60] = (110, 110, 115)  # shadow side
+    img += rng.normal(0, 3, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_things_two_tone_objects_are_one_object_each():
+    """Objects standing out from the local surface are single things, whatever their internal
+    highlights and shadows; an extra bolt is counted."""
+    rng = np.random.default_rng(3)
+    p = SceneParser(backbone=None, image_size=280).fit([_shiny_scene(rng) for _ in range(4)])
+    scene = p.parse(_shiny_scene(rng))
+    small = [c for c in scene.components if c.area_frac < 0.2]
+    assert len(small) == 3, p.describe_parts()
+    assert all(c.major_axis / c.minor_axis > 2.5 for c in small)
+    extra = p.parse(_shiny_scene(rng, n_bolts=4))
+    assert len([c for c in extra.components if c.area_frac < 0.2]) == 4
+    assert p.composition_score(extra) > 0.5 > p.composition_score(scene)
+
+
 def test_names_and_hints(refs):
     p = SceneParser(backbone=None, image_size=280, part_hints={"tangerine": "orange", "lid": "blue|red"}).fit(refs)
     names = {part.name for part in p.parse(refs[1]).parts}

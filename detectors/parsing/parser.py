@@ -11,7 +11,12 @@ How it works (one algorithm for every category; all parameters come from the ref
 3. Clusters that cover the image border in the references are background (regions of a
    background colour enclosed by the product get a cluster of their own: dark almonds in a
    tray); the rest is the product, whose bounding box is the frame for relative positions.
-4. Foreground colours that cover at least ``object_share`` of the product are regions; the
+4. THINGS: pixels whose colour differs from the local surface (the median colour of a window
+   wider than the objects, ``SURFACE_WINDOW``) by more than a threshold learned on the
+   references (Otsu) are things: a shiny screw, a pushpin or a clamp is one object whatever its
+   highlights and shadows. Things are objects; colours that also form a large region (the bag,
+   the tray) keep only that region, so their fragments between the things are not parts.
+   Foreground colours that cover at least ``object_share`` of the product are regions; the
    pieces of the other colours are joined into objects (one object may span highlight and shadow colours).
    Touching objects are split by a watershed on the distance transform (h-maxima markers; rings
    and large regions are never split), and thin leftovers of an opening are kept as thin
@@ -69,6 +74,8 @@ REGION_SPLIT_MAX = 0.05
 MIN_PIECE = 0.15
 #: a saddle this deep (downscaled pixels of the distance transform) separates two objects
 SPLIT_DEPTH = 2.0
+#: ... and at least this share of the component's largest inscribed radius
+SPLIT_RELATIVE_DEPTH = 0.4
 #: the pseudo colour cluster of objects
 OBJECTS = -1
 #: components smaller than this fraction of a colour's typical largest component are fragments
@@ -77,6 +84,13 @@ MIN_AREA_OF_LARGEST = 0.12
 SPLIT_PRESENCE = 0.75
 #: colour clusters with less than this share of the foreground are noise
 MIN_PART_SHARE = 0.003
+#: the local surface around a pixel is the median of a window this share of the long side wide:
+#: wider than the objects lying on a carrier, narrower than the carrier
+SURFACE_WINDOW = 0.2
+#: the surface model is computed on blocks of this many downscaled pixels (cheap median)
+SURFACE_BLOCK = 4
+#: a thing threshold below this (Lab units) would turn sensor noise and print into objects
+MIN_THING_CONTRAST = 12.0
 
 
 class _ShapeGroup:
@@ -164,6 +178,11 @@ class SceneParser:
                 return None
         return self._backbone
 
+        own = self._get_backbone()
+        if features is not None and own is not None and not self._compatible(features, own):
+            # features shared by another detector at another input size or without our layer
+            # would not match the PCA fitted on the references: compute our own
+            features = None
     def _small(self, image: ImageInput) -> tuple[np.ndarray, tuple[int, int]]:
         img = load_image(image)
         w, h = img.size
@@ -171,6 +190,10 @@ class SceneParser:
         sw, sh = max(8, round(w * s)), max(8, round(h * s))
         small = np.asarray(img.resize((sw, sh), Image.Resampling.BILINEAR if s < 1 else Image.Resampling.NEAREST))
         return small, (w, h)
+        if getattr(self, "_deep_layer", None) is None:
+            self._deep_layer = layer  # the layer the references were described with
+        elif self._deep_layer in features:
+            layer = self._deep_layer
 
     def _deep_features(self, image: ImageInput, shape: tuple[int, int], features: Any) -> Optional[np.ndarray]:
         bb = self._get_backbone() if features is None else None
@@ -179,6 +202,16 @@ class SceneParser:
         if features is None:
             features = bb.extract(image, size=self.image_size)
         strides = getattr(features, "strides", {})
+    def _compatible(self, features: Any, backbone: Any) -> bool:
+        """Whether shared backbone features match those the parser was fitted with: the same
+        backbone, network input size (long side ``image_size``) and the references' layer."""
+        size, image = getattr(features, "input_size", None), getattr(features, "image_size", None)
+        if size is None or image is None or getattr(features, "backbone", None) != getattr(backbone, "name", None):
+            return False
+        if tuple(size) != tuple(backbone.input_size_for(tuple(image), self.image_size)):
+            return False
+        return getattr(self, "_deep_layer", None) is None or self._deep_layer in features
+
         layer = min(features, key=lambda k: abs(strides.get(k, 8) - 8) + 0.01 * strides.get(k, 8))
         fmap = features[layer]
         arr = fmap.detach().cpu().numpy() if hasattr(fmap, "detach") else np.asarray(fmap)
@@ -204,6 +237,7 @@ class SceneParser:
             raise ValueError("SceneParser.fit needs at least one normal reference image.")
         rng = np.random.default_rng(self.seed)
         smalls, sizes, deeps = [], [], []
+        self._deep_layer = None
         for r in refs:
             small, size = self._small(r)
             smalls.append(small)
@@ -229,6 +263,9 @@ class SceneParser:
         labels = [self._label_map(f, s.shape[:2]) for f, s in zip(feats, smalls)]
         self._background = self._find_background(labels)
         labels = [self._enclosed(lab) for lab in labels]
+        contrasts = [self._contrast(small, lab) for small, lab in zip(smalls, labels)]
+        self._thing_threshold = self._fit_thing_threshold(contrasts)
+        labels = [self._mark_things(lab, con) for lab, con in zip(labels, contrasts)]
         self._min_px = max(4, int(MIN_COMPONENT_FRACTION * smalls[0].shape[0] * smalls[0].shape[1]))
         self._carriers = self._find_carriers(labels)
         # regions of the carrier colours, and objects of everything else, across the references
@@ -290,8 +327,8 @@ class SceneParser:
     def _find_carriers(self, labels: Sequence[np.ndarray]) -> set[int]:
         """Foreground colours that cover a large share of the product (the tray, the bag, the
         liquid) are regions; smaller colours are pieces of objects lying on them."""
-        k2 = 2 * len(self._centers)
-        counts = sum(np.bincount(lab.ravel(), minlength=k2) for lab in labels).astype(float)
+        k2 = 2 * len(self._centers)  # things (label k2) are never carriers
+        counts = sum(np.bincount(lab.ravel(), minlength=k2 + 1) for lab in labels).astype(float)
         fg = [c for c in range(k2) if c not in self._background]
         total = counts[fg].sum() or 1.0
         return {c for c in fg if counts[c] / total >= self.object_share}
@@ -324,6 +361,10 @@ class SceneParser:
             return []
         large = np.flatnonzero(np.bincount(comp.ravel())[1:] > REGION_SPLIT_MAX * mask.size) + 1
         whole = np.isin(comp, large)
+        if len(large) and np.isfinite(self._thing_threshold):
+            # a carrier colour (it has a large region): objects lying on it are things, and its
+            # small pieces are fragments between and around them, not parts
+            return self._components(whole, close=False)
         return self._components(whole, close=False) + self._split_touching(mask & ~whole)
 
     def _split_touching(self, mask: np.ndarray) -> list[dict]:
@@ -348,7 +389,10 @@ class SceneParser:
             if area >= 2 * self._min_px and not ring:
                 padded = np.pad(own, 1)
                 dist = ndi.distance_transform_edt(padded)
-                markers, n = ndi.label(h_maxima(dist, SPLIT_DEPTH), structure=np.ones((3, 3)))
+                # the saddle must be deep relative to the object's width too: a screw's threads and
+                # its head make shallow necks, two touching fruits a deep one
+                depth = max(SPLIT_DEPTH, SPLIT_RELATIVE_DEPTH * float(dist.max()))
+                markers, n = ndi.label(h_maxima(dist, depth), structure=np.ones((3, 3)))
                 if n > 1:
                     regions = watershed(-dist, markers, mask=padded)[1:-1, 1:-1]
                     pieces = [(regions == r) & own for r in range(1, n + 1)]
@@ -364,6 +408,51 @@ class SceneParser:
         sub = (slice(sl[0].start + ys.min(), sl[0].start + ys.max() + 1),
                slice(sl[1].start + xs.min(), sl[1].start + xs.max() + 1))
         return self._describe_mask(piece[ys.min():ys.max() + 1, xs.min():xs.max() + 1], sub)
+
+    def _contrast(self, small: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Per-pixel colour distance (Lab) to the local surface: the median colour of a window
+        wider than the objects lying on the product. Objects on a carrier (a screw on a bag, a
+        pin in a box) stand out whatever their internal colours, highlights and shadows; the
+        carrier's own slow shading and fine texture do not. Background pixels are first filled
+        with the nearest product colour, so the product's rim does not stand out."""
+        lab = rgb_to_lab(small).astype(np.float32)
+        bg = np.isin(labels, list(self._background))
+        if bg.all():
+            return np.zeros(labels.shape, np.float32)
+        idx = ndi.distance_transform_edt(bg, return_distances=False, return_indices=True)
+        filled = lab[idx[0], idx[1]]
+        f = SURFACE_BLOCK
+        h, w = labels.shape
+        hh, ww = max(1, h // f), max(1, w // f)
+        blocks = filled[:hh * f, :ww * f].reshape(hh, f, ww, f, 3).mean((1, 3))
+        size = max(5, int(round(max(hh, ww) * SURFACE_WINDOW)))
+        surface = np.stack([ndi.median_filter(blocks[..., c], size=size, mode="nearest") for c in range(3)], -1)
+        surface = ndi.zoom(surface, (h / hh, w / ww, 1), order=1)[:h, :w]
+        smooth = ndi.gaussian_filter(lab, sigma=(PIXEL_BLUR, PIXEL_BLUR, 0))
+        contrast = np.sqrt(((smooth - surface) ** 2).sum(-1))
+        contrast[bg] = 0.0
+        return contrast
+
+    @staticmethod
+    def _fit_thing_threshold(contrasts: Sequence[np.ndarray]) -> float:
+        """Otsu's threshold of the references' product-pixel contrasts: the split between the
+        carriers' surface and the things lying on it."""
+        from skimage.filters import threshold_otsu
+
+        values = np.concatenate([c[c > 0] for c in contrasts])
+        if values.size < 16 or values.max() - values.min() < 1e-3:
+            return float("inf")
+        return max(MIN_THING_CONTRAST, float(threshold_otsu(values)))
+
+    def _mark_things(self, labels: np.ndarray, contrast: np.ndarray) -> np.ndarray:
+        """Pixels that stand out from the local surface get the thing label (2K): they become
+        objects (step 4), not pieces of their colour's regions."""
+        things = ndi.binary_opening(contrast > self._thing_threshold, structure=np.ones((3, 3)))
+        # the blurred rim around a thing belongs to it, not to fragments of the carrier's colour
+        things = ndi.binary_dilation(things, structure=np.ones((3, 3)))
+        out = labels.copy()
+        out[things] = 2 * len(self._centers)
+        return out
 
     def _enclosed(self, labels: np.ndarray) -> np.ndarray:
         """Background-coloured regions that do not touch the image border lie on the product
@@ -492,6 +581,7 @@ class SceneParser:
         if self._pca is not None:
             deep = self._deep_features(image, small.shape[:2], features)
         labels = self._enclosed(self._label_map(self._pixel_features(small, deep), small.shape[:2]))
+        labels = self._mark_things(labels, self._contrast(small, labels))
         return self._parse_small(small, size, labels)
 
     def _parse_small(self, small: np.ndarray, size: tuple[int, int], labels: np.ndarray) -> Scene:
@@ -584,7 +674,14 @@ class SceneParser:
             for g in self._groups:
                 if not g.noise:
                     g.part_id = rename[g.part_id]
+            # the segmentation holds 1 + the index of the part id: remap it with the ids
+            new_ids = sorted(rename.values(), key=lambda p: int(p[1:]))
+            lut = np.zeros(len(ids) + 1, np.int32)
+            for i, old in enumerate(ids, start=1):
+                lut[i] = new_ids.index(rename[old]) + 1
             for s in scenes:
+                if s.segmentation is not None:
+                    s.segmentation = lut[s.segmentation]
                 for c in s.components:
                     c.part = rename[c.part]
                 for p in s.parts:
@@ -723,7 +820,8 @@ class SceneParser:
                        "backbone_weight": self.backbone_weight, "seed": self.seed,
                        "object_share": self.object_share, "part_hints": self.part_hints},
             "centers": self._centers.tolist(), "background": sorted(self._background),
-            "carriers": sorted(self._carriers), "min_px": self._min_px,
+            "carriers": sorted(self._carriers), "min_px": self._min_px, "deep_layer": self._deep_layer,
+            "thing_threshold": None if not np.isfinite(self._thing_threshold) else self._thing_threshold,
             "pca": None if self._pca is None else {"components": self._pca.tolist(), "mean": self._pca_mean.tolist(),
                                                    "scale": self._pca_scale},
             "groups": [g.to_dict() for g in self._groups],
@@ -755,7 +853,10 @@ class SceneParser:
         obj._centers = np.asarray(data["centers"], float)
         obj._background = set(int(b) for b in data["background"])
         obj._carriers = set(int(b) for b in data["carriers"])
+        obj._deep_layer = data.get("deep_layer")
         obj._min_px = int(data["min_px"])
+        threshold = data.get("thing_threshold")
+        obj._thing_threshold = float("inf") if threshold is None else float(threshold)
         obj._pca = None
         if data["pca"] is not None:
             obj._pca = np.asarray(data["pca"]["components"], float)
