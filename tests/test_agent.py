@@ -17,14 +17,17 @@ from detectors.data.synth import SynthGenerator
 
 COUNT_CHECK = """```python
 def check_{rid}(scene, references):
-    observed = lc.count(scene)
-    ok = lc.within_references(observed, references, lambda s: lc.count(s), tolerance=0.0)
-    return lc.finding("{rid}", ok, observed, lc.typical(references, lambda s: lc.count(s)), "number of objects")
+    outside = []
+    for p in scene["parts"]:
+        n = lc.count(scene, p["id"])
+        if not lc.within_references(n, references, lambda s: lc.count(s, p["id"]), tolerance=0.0):
+            outside.append(p["id"])
+    return lc.finding("{rid}", len(outside) == 0, outside, [], "parts whose count is outside the references' range")
 ```"""
 
 
 class CountingModel(BaseChatModel):
-    """Writes the same generic check for any rule; records how often it was asked."""
+    """Writes the same generic per-part count check for any rule; records how often it was asked."""
 
     calls: int = 0
     answer: str = COUNT_CHECK
@@ -60,15 +63,16 @@ def test_run_returns_a_grounded_verdict(agent, screw_bag):
     ctx = agent.prepare(category="screw_bag", references=refs)
     assert ctx.program is not None and ctx.program.checked_rule_ids == ["r1", "r2", "r3", "r4"]
     good = agent.run_prepared(ctx, gen.sample(50).image)
-    extra = agent.run_prepared(ctx, gen.sample(51, kind="logical", anomaly_type="extra_washer").image)
+    extra = agent.run_prepared(ctx, gen.sample(51, kind="logical", anomaly_type="extra_screw").image)
     assert isinstance(good, Verdict) and 0.0 <= good.score <= 1.0
     assert extra.score > good.score
     assert extra.is_anomalous
     failed = extra.failed_findings
     assert failed and failed[0].source == "logicode"
-    assert failed[0].observed == failed[0].expected + 1
+    assert failed[0].expected == [] and failed[0].observed  # the parts whose count left the range
     assert f"Rule {failed[0].rule_id} FAILED" in extra.explanation
-    assert f"expected {failed[0].expected}, observed {failed[0].observed}" in extra.explanation
+    assert f"expected [], observed {failed[0].observed}" in extra.explanation
+    assert not [f for f in good.findings if f.source == "logicode" and not f.passed]
     assert extra.program.sha256 and extra.models["logicode"] == "counting-fake"
     assert set(extra.component_scores) >= {"logic", "structural", "composition"}
     assert Verdict.model_validate_json(extra.model_dump_json()) == extra
