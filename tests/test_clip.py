@@ -392,3 +392,16 @@ def test_part_labeler_names_parts_for_the_scene_parser_hook(clip):
     with pytest.raises(ValueError, match="no candidate labels"):
         CLIPPartLabeler(clip).name_parts({"p1": [same]})
 
+
+
+def test_part_labeler_with_masks_on_a_real_parse_larger_than_the_parser_size(clip):
+    from detectors.data.synth import SynthGenerator
+    from detectors.parsing import SceneParser
+
+    gen = SynthGenerator("screw_bag", seed=2, scale=0.3)  # 480x330, parsed at 160 px
+    parser = SceneParser(backbone=None, image_size=160).fit([gen.sample(i).image for i in range(2)])
+    image = gen.sample(5).image
+    scene = parser.parse(image)
+    assert scene.segmentation.shape != image.shape[:2]
+    named = CLIPPartLabeler(clip, use_masks=True).label(image, scene, ["a screw", "a nut", "a washer"])
+    assert named and set(named) <= {p.id for p in scene.parts}

@@ -143,7 +143,8 @@ class CLIPPartLabeler:
         components = [c for c in scene.components if c.area > 0]
         if not components:
             return {}
-        crops = [self._crop(pixels, c, part_index[c.part], scene.segmentation) for c in components]
+        crops = [self._crop(pixels, c, part_index[c.part], _at_size(scene.segmentation, pixels.shape[:2]))
+                 for c in components]
         probs = self.crop_probabilities(crops, labels)
         totals: dict[str, np.ndarray] = {}
         weights: dict[str, float] = {}
@@ -159,3 +160,12 @@ class CLIPPartLabeler:
             part: (labels[int(np.argmax(p))], float(np.max(p)))
             for part, p in self.scores(image, scene, labels).items()
         }
+
+
+def _at_size(segmentation: Optional[np.ndarray], shape: tuple[int, int]) -> Optional[np.ndarray]:
+    """The parser keeps its label map at its working size; bboxes are in image pixels."""
+    if segmentation is None or segmentation.shape[:2] == tuple(shape):
+        return segmentation
+    rows = (np.arange(shape[0]) * segmentation.shape[0] // shape[0]).clip(0, segmentation.shape[0] - 1)
+    cols = (np.arange(shape[1]) * segmentation.shape[1] // shape[1]).clip(0, segmentation.shape[1] - 1)
+    return segmentation[rows[:, None], cols[None, :]]
