@@ -9,6 +9,7 @@ by a short note, and the agent passes the scene parse as text instead.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import threading
@@ -61,6 +62,9 @@ def load_llama(model_path: str, n_ctx: int, n_threads: int | None, seed: int) ->
     except (ValueError, RuntimeError) as exc:
         raise LLMError(f"llama.cpp could not load {model_path}: {exc}") from exc
     _LOCKS[id(llama)] = threading.Lock()
+    # Free the model while the interpreter is still whole; llama-cpp-python's own finaliser
+    # runs during module teardown and prints a TypeError traceback at every exit otherwise.
+    atexit.register(llama.close)
     return llama
 
 
