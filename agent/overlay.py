@@ -13,9 +13,10 @@ import io
 from typing import Optional
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from detectors.images import ImageInput, load_image
+from prompts.multimodal import label_font
 
 from .schema import Verdict
 
@@ -49,13 +50,6 @@ def _normalise_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray
     return amap
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has no sized default font
-        return ImageFont.load_default()
-
-
 def render_overlay(
     image: ImageInput,
     verdict: Optional[Verdict] = None,
@@ -77,7 +71,7 @@ def render_overlay(
     canvas = Image.fromarray(out.astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     thin = max(1, round(max(base.size) / 400))
-    font = _font(max(12, round(max(base.size) / 60)))
+    font = label_font(max(12, round(max(base.size) / 60)))
 
     if scene is not None:
         part_index = {p.id: i for i, p in enumerate(getattr(scene, "parts", []))}

@@ -71,7 +71,8 @@ def load_template(version: str = TEMPLATE_VERSION) -> InspectionTemplate:
 
 # -- the unified 2D composite -------------------------------------------------------------
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at ``size`` where supported; shared by every image annotation."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow without FreeType: fixed-size bitmap font
@@ -100,7 +101,7 @@ def compose_grid(
     height = rows * (cell + label_height) + (rows + 1) * gap
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    font = _font(max(10, label_height - 10))
+    font = label_font(max(10, label_height - 10))
     for index, (label, image) in enumerate(tiles):
         row, col = divmod(index, columns)
         x0 = gap + col * (cell + gap)
