@@ -178,11 +178,6 @@ class SceneParser:
                 return None
         return self._backbone
 
-        own = self._get_backbone()
-        if features is not None and own is not None and not self._compatible(features, own):
-            # features shared by another detector at another input size or without our layer
-            # would not match the PCA fitted on the references: compute our own
-            features = None
     def _small(self, image: ImageInput) -> tuple[np.ndarray, tuple[int, int]]:
         img = load_image(image)
         w, h = img.size
@@ -190,18 +185,7 @@ class SceneParser:
         sw, sh = max(8, round(w * s)), max(8, round(h * s))
         small = np.asarray(img.resize((sw, sh), Image.Resampling.BILINEAR if s < 1 else Image.Resampling.NEAREST))
         return small, (w, h)
-        if getattr(self, "_deep_layer", None) is None:
-            self._deep_layer = layer  # the layer the references were described with
-        elif self._deep_layer in features:
-            layer = self._deep_layer
 
-    def _deep_features(self, image: ImageInput, shape: tuple[int, int], features: Any) -> Optional[np.ndarray]:
-        bb = self._get_backbone() if features is None else None
-        if features is None and bb is None:
-            return None
-        if features is None:
-            features = bb.extract(image, size=self.image_size)
-        strides = getattr(features, "strides", {})
     def _compatible(self, features: Any, backbone: Any) -> bool:
         """Whether shared backbone features match those the parser was fitted with: the same
         backbone, network input size (long side ``image_size``) and the references' layer."""
@@ -212,13 +196,25 @@ class SceneParser:
             return False
         return getattr(self, "_deep_layer", None) is None or self._deep_layer in features
 
-        layer = min(features, key=lambda k: abs(strides.get(k, 8) - 8) + 0.01 * strides.get(k, 8))
-        fmap = features[layer]
+    def _deep_features(self, image: ImageInput, shape: tuple[int, int], features: Any) -> Optional[np.ndarray]:
+        own = self._get_backbone()
+        if own is None:
+            return None
+        if features is not None and not self._compatible(features, own):
+            # features shared by another detector at another input size or without our layer
+            # would not match the PCA fitted on the references: compute our own
+            features = None
+        if features is None:
+            features = own.extract(image, size=self.image_size)
+        strides = getattr(features, "strides", {})
+        if getattr(self, "_deep_layer", None) is None:
+            # the stride-8 layer: fine enough for small parts, deep enough for texture
+            self._deep_layer = min(features, key=lambda k: abs(strides.get(k, 8) - 8) + 0.01 * strides.get(k, 8))
+        fmap = features[self._deep_layer]
         arr = fmap.detach().cpu().numpy() if hasattr(fmap, "detach") else np.asarray(fmap)
         arr = arr[0] if arr.ndim == 4 else arr  # (C, h, w)
         h, w = shape
-        zoom = (1, h / arr.shape[1], w / arr.shape[2])
-        up = ndi.zoom(arr.astype(np.float32), zoom, order=1)
+        up = ndi.zoom(arr.astype(np.float32), (1, h / arr.shape[1], w / arr.shape[2]), order=1)
         return up.reshape(arr.shape[0], -1).T  # (h*w, C)
 
     def _pixel_features(self, small: np.ndarray, deep: Optional[np.ndarray]) -> np.ndarray:
