@@ -11,17 +11,22 @@ writes, into ``out``:
 * ``report.html``: see :mod:`agent.report`;
 * ``overlays/``: PNG thumbnails for flagged images and misses, used by the report.
 
-The agent's models are loaded once per process, and references are fitted and
-the LogiCode program generated once per category per process (``Agent.prepare``);
-each image then only runs ``Agent.run_prepared``. With ``workers > 1`` images are
-scored in worker processes, each holding its own prepared agent.
+References are fitted and the LogiCode program generated once per category, in
+the parent process (``Agent.prepare``); each image then only runs
+``Agent.run_prepared``. With ``workers > 1`` images are scored in worker processes
+that never prepare: the parent ships each category's prepared context to them (the
+fitted detectors as files it saved, the program and rules as data), so the fitting
+and the language model run once per audit, not once per worker.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -42,6 +47,10 @@ OVERLAYS = "overlays"
 
 class AuditError(RuntimeError):
     """The audit cannot start: bad dataset layout, empty split, missing rules. The message says why."""
+
+
+class AuditPrepareError(RuntimeError):
+    """A category could not be prepared; every image of it is recorded with this error."""
 
 
 class AuditInterrupted(RuntimeError):
@@ -219,16 +228,25 @@ def _summarise(verdict) -> dict[str, Any]:
 
 
 class Scorer:
-    """Holds one agent and its prepared context per category (one per process)."""
+    """Holds one agent and its prepared context per category (one per process).
+
+    A worker's scorer gets ``prepared`` (the parent's contexts, shipped with
+    :func:`ship_context`) and ``may_prepare=False``: it scores images and never fits or
+    generates anything itself.
+    """
 
     def __init__(self, agent_factory: Callable[[], Any], plans: dict[str, tuple[list[str], Any]], out: Path,
-                 overlay_side: int = 320):
+                 overlay_side: int = 320, prepared: Optional[dict[str, "ShippedContext"]] = None,
+                 may_prepare: bool = True):
         self.agent_factory = agent_factory
         self.plans = plans
         self.out = out
         self.overlay_side = overlay_side
+        self.prepared = dict(prepared or {})
+        self.may_prepare = may_prepare
         self._agent = None
         self._contexts: dict[str, Any] = {}
+        self._errors: dict[str, str] = {}
         self.prepare_seconds: dict[str, float] = {}
 
     @property
@@ -238,11 +256,24 @@ class Scorer:
         return self._agent
 
     def context(self, category: str):
+        if category in self._errors:  # prepare failed once: every image of the category says why
+            raise AuditPrepareError(self._errors[category])
         if category not in self._contexts:
-            references, rules = self.plans[category]
-            start = time.perf_counter()
-            self._contexts[category] = self.agent.prepare(rules=rules, references=references, category=category)
-            self.prepare_seconds[category] = time.perf_counter() - start
+            if category in self.prepared:
+                self._contexts[category] = self.prepared.pop(category).unpack()
+            elif not self.may_prepare:
+                raise AuditPrepareError(f"category {category!r} was not prepared by the parent process")
+            else:
+                references, rules = self.plans[category]
+                start = time.perf_counter()
+                try:
+                    self._contexts[category] = self.agent.prepare(rules=rules, references=references,
+                                                                  category=category)
+                except Exception as exc:
+                    self._errors[category] = f"preparing {category} failed: {type(exc).__name__}: {exc}"
+                    raise
+                finally:
+                    self.prepare_seconds[category] = time.perf_counter() - start
         return self._contexts[category]
 
     def score(self, task: AuditTask) -> PredictionRecord:
@@ -284,10 +315,64 @@ class Scorer:
         return rel.as_posix()
 
 
+@dataclass
+class ShippedContext:
+    """A prepared context in a form that crosses a process boundary cheaply.
+
+    ``agent.core.Context`` holds fitted detectors (with backbone networks) and reference
+    images: those travel as the files the parent saved (``parser``, ``structural``) and
+    the reference paths, the rest (rules, program, reference scenes, notes) as data. Any
+    other agent's context (e.g. a test double's) travels as it is.
+    """
+
+    context: Any
+    parser: Optional[str] = None
+    structural: Optional[str] = None
+    references: list[str] = field(default_factory=list)
+
+    def unpack(self) -> Any:
+        from agent.core import Context
+
+        if not isinstance(self.context, Context):
+            return self.context
+        from detectors import PatchCore, SceneParser
+        from detectors.images import load_image
+
+        from .core import MAX_INPUT_SIDE
+
+        return dataclasses.replace(
+            self.context,
+            parser=SceneParser.load(self.parser) if self.parser else None,
+            structural=PatchCore.load(self.structural) if self.structural else None,
+            # only agentic mode shows the references to the model; they load from the paths
+            reference_images=[] if self.context.zero_shot
+            else [load_image(r, max_side=MAX_INPUT_SIDE) for r in self.references],
+        )
+
+
+def ship_context(ctx: Any, references: list[str], folder: Path) -> ShippedContext:
+    """Pack ``ctx`` for worker processes, saving its fitted detectors under ``folder``."""
+    from agent.core import Context
+
+    if not isinstance(ctx, Context):
+        return ShippedContext(context=ctx)
+    folder.mkdir(parents=True, exist_ok=True)
+    parser_path = structural_path = None
+    if ctx.parser is not None:
+        parser_path = folder / "parser.json"
+        ctx.parser.save(parser_path)
+    if ctx.structural is not None:
+        structural_path = folder / "structural"
+        ctx.structural.save(structural_path)
+    light = dataclasses.replace(ctx, parser=None, structural=None, reference_images=[])
+    return ShippedContext(context=light, parser=_as_str(parser_path), structural=_as_str(structural_path),
+                          references=list(references))
+
+
 _WORKER: Optional[Scorer] = None
 
 
-def _worker_init(agent_factory, plans, out, overlay_side):
+def _worker_init(agent_factory, plans, out, overlay_side, prepared):
     global _WORKER
     # N workers on N cores: one intra-op thread each, no oversubscription. The variables
     # reach torch if it is imported later; set_num_threads covers an already imported one.
@@ -295,7 +380,7 @@ def _worker_init(agent_factory, plans, out, overlay_side):
         os.environ[var] = "1"
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
-    _WORKER = Scorer(agent_factory, plans, Path(out), overlay_side)
+    _WORKER = Scorer(agent_factory, plans, Path(out), overlay_side, prepared=prepared, may_prepare=False)
 
 
 def _worker_score(task: AuditTask) -> PredictionRecord:
@@ -363,15 +448,42 @@ class AuditResult(BaseModel):
 
 def _iter_results(tasks: list[AuditTask], scorer_factory, workers: int, agent_factory, plans, out, overlay_side
                   ) -> Iterator[PredictionRecord]:
+    scorer = scorer_factory()
     if workers <= 1:
-        scorer = scorer_factory()
         for task in tasks:
             yield scorer.score(task)
         return
+    # Prepare every category once, here, before any worker starts: workers only score images.
+    staging = Path(tempfile.mkdtemp(prefix="logiscan-audit-"))
+    prepared: dict[str, ShippedContext] = {}
+    in_parent: set[str] = set()
+    try:
+        for category in dict.fromkeys(t.category for t in tasks):
+            try:
+                ctx = scorer.context(category)
+                prepared[category] = ship_context(ctx, plans[category][0], staging / _safe_name(category))
+            except Exception:
+                # Preparing failed (each of the category's images records why, as in one
+                # process), or the context could not be packed: the parent scores those images.
+                in_parent.add(category)
+        yield from (scorer.score(t) for t in tasks if t.category in in_parent)
+        todo = [t for t in tasks if t.category not in in_parent]
+        if todo:
+            yield from _score_in_workers(todo, workers, agent_factory, plans, out, overlay_side, prepared)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _safe_name(category: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in category) or "category"
+
+
+def _score_in_workers(tasks: list[AuditTask], workers: int, agent_factory, plans, out, overlay_side,
+                      prepared: dict[str, ShippedContext]) -> Iterator[PredictionRecord]:
     # spawn, not fork: the parent may already hold torch threads, which fork does not survive
     context = mp.get_context("spawn")
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
-                                   initargs=(agent_factory, plans, str(out), overlay_side))
+                                   initargs=(agent_factory, plans, str(out), overlay_side, prepared))
     pending: set[Future] = set()
     queue = iter(tasks)
     try:

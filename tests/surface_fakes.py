@@ -124,6 +124,21 @@ def make_fake_agent():
     return FakeAgent()
 
 
+class ParentOnlyPrepareAgent(FakeAgent):
+    """Refuses to prepare in a worker process: audits must prepare in the parent only."""
+
+    def prepare(self, *args, **kwargs):
+        import multiprocessing
+
+        if multiprocessing.parent_process() is not None:
+            raise RuntimeError("prepare() ran in a worker process")
+        return super().prepare(*args, **kwargs)
+
+
+def make_parent_only_prepare_agent():
+    return ParentOnlyPrepareAgent()
+
+
 # ------------------------------------------------------------------------------ a tiny dataset
 
 def draw(path: Path, squares: int, scratch: bool = False, size: int = 64, seed: int = 0) -> Path:

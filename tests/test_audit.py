@@ -7,7 +7,7 @@ from PIL import Image
 
 from agent.audit import (AuditError, AuditInterrupted, PredictionWriter, pick_references, read_predictions,
                          run_audit)
-from tests.surface_fakes import FakeAgent, make_fake_agent, make_loco
+from tests.surface_fakes import FakeAgent, make_fake_agent, make_loco, make_parent_only_prepare_agent
 
 
 @pytest.fixture
@@ -178,6 +178,11 @@ def test_two_worker_processes_give_the_same_predictions(loco, tmp_path):
     a = {r.image_id: r.score for r in read_predictions(tmp_path / "serial" / "predictions.jsonl")}
     b = {r.image_id: r.score for r in read_predictions(tmp_path / "parallel" / "predictions.jsonl")}
     assert a == b and parallel.scored_now == serial.scored_now == 8
+
+
+def test_workers_score_with_the_context_the_parent_prepared(loco, tmp_path):
+    result = _run(loco, tmp_path / "out", workers=2, agent_factory=make_parent_only_prepare_agent)
+    assert result.scored_now == 8 and result.errors == 0
 
 
 def test_auto_workers_only_parallelises_big_batches(monkeypatch):
