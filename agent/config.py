@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 def default_cache_dir() -> Path:
@@ -15,12 +15,60 @@ def default_cache_dir() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "logiscan"
 
 
+class SceneParserSettings(BaseModel):
+    """``detectors.parsing.SceneParser`` arguments; None keeps the parser's own default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deep_features: bool = Field(
+        default=False,
+        description="cluster the perception backbone's features beside colour; off by default because "
+                    "they made per-part counts less stable on the synthetic benchmark",
+    )
+    max_parts: Optional[int] = Field(default=None, ge=1)
+    image_size: Optional[int] = Field(default=None, ge=64, description="long side the parser works at, pixels")
+    backbone_weight: Optional[float] = Field(default=None, ge=0)
+    object_share: Optional[float] = Field(default=None, ge=0, lt=1)
+    seed: Optional[int] = Field(default=None, ge=0)
+
+
+class PatchCoreSettings(BaseModel):
+    """``detectors.patchcore.PatchCore`` arguments; None keeps the detector's own default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layers: Optional[list[str]] = None
+    grid_layer: Optional[str] = None
+    image_size: Optional[int] = Field(default=None, ge=1)
+    neighbourhood: Optional[int] = Field(default=None, ge=1)
+    coreset_ratio: Optional[float] = Field(default=None, gt=0, le=1)
+    max_bank_size: Optional[int] = Field(default=None, ge=1)
+    projection_dim: Optional[int] = Field(default=None, ge=1)
+    sigma: Optional[float] = Field(default=None, ge=0)
+    calibration_sigmas: Optional[float] = Field(default=None, gt=0)
+    max_references: Optional[int] = Field(default=None, ge=1)
+    augment: Optional[str] = None
+    seed: Optional[int] = Field(default=None, ge=0)
+
+
 class PerceptionConfig(BaseModel):
+    """What the detectors are fitted with. Every field is part of the fitted-detector cache key."""
+
     model_config = ConfigDict(extra="forbid")
 
     backbone: str = "efficientnet-lite0"
     structural: bool = True
     part_names: dict[str, str] = Field(default_factory=dict, description="part id -> name hints")
+    parser: SceneParserSettings = Field(default_factory=SceneParserSettings)
+    patchcore: PatchCoreSettings = Field(default_factory=PatchCoreSettings)
+
+    def parser_kwargs(self) -> dict:
+        settings = self.parser.model_dump(exclude_none=True)
+        deep = settings.pop("deep_features")
+        return {"backbone": self.backbone if deep else None, **settings}
+
+    def patchcore_kwargs(self) -> dict:
+        return {"backbone": self.backbone, **self.patchcore.model_dump(exclude_none=True)}
 
 
 class FusionConfig(BaseModel):
@@ -47,11 +95,27 @@ class AgentConfig(BaseModel):
     repair_rounds: int = Field(default=3, ge=0, le=10)
     program_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     program_memory_mb: int = Field(default=1024, ge=64)
-    generation_timeout_s: float = Field(default=120.0, gt=0)
+    generation_timeout_s: float = Field(
+        default=120.0, gt=0,
+        description="time budget of every language-model call the agent makes; the agent also passes it to "
+                    "the backend as LLMConfig.timeout_s, so it is the only model timeout to set",
+    )
     cache_dir: Path = Field(default_factory=default_cache_dir)
     use_disk_cache: bool = True
     #: a user-written or edited LogiCode program that replaces generation
     pinned_program: Optional[Path] = None
+
+    @field_validator("llm")
+    @classmethod
+    def _one_model_timeout(cls, value: Optional[dict]) -> Optional[dict]:
+        # Two budgets (the agent's and the backend's) used to coexist and the smaller one won
+        # silently; the agent now hands generation_timeout_s down, so a second one is refused.
+        if value and "timeout_s" in value:
+            raise ValueError(
+                "llm.timeout_s is not used by the agent: set generation_timeout_s instead "
+                "(the agent passes it to the model backend as its timeout)"
+            )
+        return value
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "AgentConfig":

@@ -8,6 +8,7 @@ set and reference set (it fits the detectors and writes the program) and then
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -85,9 +86,11 @@ class Agent:
     # -- models -------------------------------------------------------------------------
     @property
     def llm_config(self):
+        """The backend configuration; its ``timeout_s`` is the agent's ``generation_timeout_s``
+        (one budget per model call, enforced by the backend and by ``invoke_with_timeout``)."""
         from agent.llm import LLMConfig
 
-        return LLMConfig(**(self.config.llm or {}))
+        return LLMConfig(**(self.config.llm or {}), timeout_s=self.config.generation_timeout_s)
 
     @property
     def model_id(self) -> str:
@@ -174,28 +177,49 @@ class Agent:
         from detectors import PatchCore, SceneParser
 
         pc = self.config.perception
-        fitted_dir = self.config.cache_dir / "fitted" / f"{pc.backbone}-{refset_hash}"
+        parser_path, structural_path = self.fitted_paths(refset_hash)
         parser = structural_detector = None
-        if self.config.use_disk_cache and (fitted_dir / "parser.json").exists():
+        if self.config.use_disk_cache and parser_path.exists():
             try:
-                parser = SceneParser.load(fitted_dir / "parser.json")
-                if structural and (fitted_dir / "structural").exists():
-                    structural_detector = PatchCore.load(fitted_dir / "structural")
+                parser = SceneParser.load(parser_path)
+                if structural and pc.structural and structural_path.exists():
+                    structural_detector = PatchCore.load(structural_path)
             except Exception as exc:  # a stale or corrupt cache entry is refitted, never fatal
-                log.warning("refitting: cached detectors in %s unusable (%s)", fitted_dir, exc)
+                log.warning("refitting: cached detectors in %s unusable (%s)", parser_path.parent, exc)
                 parser = structural_detector = None
         if parser is None:
-            parser = SceneParser(backbone=pc.backbone).fit(ref_images)
+            parser = SceneParser(**pc.parser_kwargs()).fit(ref_images)
             if pc.part_names:
                 parser.set_part_names(pc.part_names)
             if self.config.use_disk_cache:
-                fitted_dir.mkdir(parents=True, exist_ok=True)
-                parser.save(fitted_dir / "parser.json")
+                parser_path.parent.mkdir(parents=True, exist_ok=True)
+                parser.save(parser_path)
         if structural and pc.structural and structural_detector is None:
-            structural_detector = PatchCore(backbone=pc.backbone).fit(ref_images)
+            structural_detector = PatchCore(**pc.patchcore_kwargs()).fit(ref_images)
             if self.config.use_disk_cache:
-                structural_detector.save(fitted_dir / "structural")
+                structural_detector.save(structural_path)
         return parser, structural_detector
+
+    def fitted_paths(self, refset_hash: str) -> tuple[Path, Path]:
+        """Where the fitted parser and structural detector for a reference set are cached.
+
+        Each name carries a digest of every setting that changes the fit (backbone, the
+        detector's effective arguments, defaults included, and the part names), so changing a
+        perception parameter, in the config or in a detector's defaults, never reuses a stale fit.
+        The parser and the structural detector have separate keys: a PatchCore setting does
+        not refit the parser.
+        """
+        from detectors import PatchCore, SceneParser
+
+        pc = self.config.perception
+        parser_params = _effective_params(SceneParser, pc.parser_kwargs(), skip=("labeler", "part_hints"))
+        parser_params["part_names"] = dict(sorted(pc.part_names.items()))
+        # An unfitted PatchCore is cheap (its backbone loads lazily) and resolves the
+        # backbone-dependent defaults (layers, grid layer) that the signature cannot show.
+        structural_params = PatchCore(**pc.patchcore_kwargs()).get_params()
+        fitted_dir = self.config.cache_dir / "fitted" / f"{pc.backbone}-{refset_hash}"
+        return (fitted_dir / f"parser-{_digest(parser_params)}.json",
+                fitted_dir / f"structural-{_digest(structural_params)}")
 
     def _attach_program(self, ctx: Context) -> None:
         import sandbox
@@ -388,7 +412,7 @@ class Agent:
             ctx.rules, img, ctx.reference_images, scene_text=scene,
             reference_scene_text=ctx.parser.describe_parts(), mode="images",
         )
-        return run_agentic(self.chat_model, messages, tools, ctx.rules)
+        return run_agentic(self.chat_model, messages, tools, ctx.rules, timeout_s=self.config.generation_timeout_s)
 
     @staticmethod
     def _composition_notes(ctx: Context, scene) -> list[str]:
@@ -444,6 +468,19 @@ class Agent:
         if ctx.program is not None:
             models["logicode"] = ctx.program.model_id
         return models
+
+
+def _effective_params(cls: type, kwargs: dict, skip: tuple[str, ...] = ()) -> dict:
+    """``kwargs`` completed with the constructor's defaults, as JSON-able data."""
+    import inspect
+
+    bound = inspect.signature(cls).bind_partial(**kwargs)
+    bound.apply_defaults()
+    return {k: v for k, v in bound.arguments.items() if k not in skip}
+
+
+def _digest(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _regions(evidence: Any) -> list[Region]:

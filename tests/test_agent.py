@@ -141,3 +141,48 @@ def test_bad_inputs_give_clear_errors(agent, tmp_path):
         agent.run(tmp_path / "missing.png", category="teapot")
     with pytest.raises(ValueError, match="needs at least one normal reference image"):
         agent.prepare(category="screw_bag", references=[])
+
+
+def test_fitted_cache_is_keyed_by_the_detectors_settings(tmp_path):
+    from agent.config import PerceptionConfig
+
+    def paths(**perception):
+        return Agent(AgentConfig(cache_dir=tmp_path, perception=PerceptionConfig(**perception)),
+                     chat_model=CountingModel(), model_id="counting-fake").fitted_paths("refs")
+
+    parser, structural = paths()
+    assert paths() == (parser, structural)
+    # a PatchCore setting refits PatchCore only; a parser setting refits the parser only
+    assert paths(patchcore={"sigma": 2.0})[0] == parser and paths(patchcore={"sigma": 2.0})[1] != structural
+    assert paths(parser={"max_parts": 6})[0] != parser and paths(parser={"max_parts": 6})[1] == structural
+    assert paths(parser={"deep_features": True})[0] != parser
+    assert paths(part_names={"p1": "screw"})[0] != parser
+
+
+def test_one_model_timeout():
+    with pytest.raises(ValueError, match="set generation_timeout_s instead"):
+        AgentConfig(llm={"timeout_s": 5})
+    agent = Agent(AgentConfig(generation_timeout_s=42), chat_model=CountingModel(), model_id="counting-fake")
+    assert agent.llm_config.timeout_s == 42
+
+
+def test_a_prepared_context_ships_to_another_process_as_files_and_data(agent, screw_bag, tmp_path):
+    import pickle
+
+    from agent.audit import ship_context
+
+    gen, refs = screw_bag
+    paths = []
+    for i, ref in enumerate(refs):  # audits know their references as paths
+        from PIL import Image
+
+        paths.append(tmp_path / f"ref{i}.png")
+        Image.fromarray(ref).save(paths[-1])
+    ctx = agent.prepare(category="screw_bag", references=paths)
+    shipped = pickle.loads(pickle.dumps(ship_context(ctx, [str(p) for p in paths], tmp_path / "ship")))
+    assert shipped.context.parser is None and shipped.context.reference_images == []  # light to pickle
+    unpacked = shipped.unpack()
+    image = gen.sample(53, kind="logical", anomaly_type="extra_screw").image
+    here, there = agent.run_prepared(ctx, image), agent.run_prepared(unpacked, image)
+    assert there.score == here.score and there.findings == here.findings
+    assert len(unpacked.reference_images) == len(refs)

@@ -237,7 +237,7 @@ def test_color_names():
 def test_backbone_features_are_part_of_the_pixel_features(refs):
     """With a backbone, the parse clusters colour plus upsampled deep features (PCA of the
     stride-8 layer), and a parse with the features shared by another caller gives the same scene."""
-    p = SceneParser(image_size=280).fit(refs[:2])
+    p = SceneParser(backbone="efficientnet-lite0", image_size=280).fit(refs[:2])
     assert p._pca is not None and p._deep_layer is not None
     assert p._pixel_features(np.zeros((8, 8, 3), np.uint8), np.zeros((64, p._pca.shape[1]))).shape[1] == 3 + 6
     bb = p._get_backbone()

@@ -137,7 +137,11 @@ class SceneParser:
     >>> parser.composition_score(scene), parser.composition_report(scene)
     """
 
-    def __init__(self, backbone: Optional[str] = "efficientnet-lite0", max_parts: int = 10,
+    # backbone=None (colour only) is the default: on the synthetic benchmark, adding the
+    # backbone's features made per-part counts less stable across images (count accuracy 0.36
+    # vs 0.39) for a small composition gain (AUROC 0.69 vs 0.67), and counts are what the
+    # LogiCode checks read.
+    def __init__(self, backbone: Optional[str] = None, max_parts: int = 10,
                  image_size: int = 320, labeler: Any = None,
                  part_hints: Optional[Mapping[str, str]] = None, backbone_weight: float = 8.0,
                  object_share: float = 0.0, seed: int = 0):
