@@ -12,65 +12,81 @@ import json
 from typing import Any, Callable
 
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
-from langchain_core.tools import StructuredTool
+from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
 from .schema import Finding, ToolCall
 
 MAX_STEPS = 8
-AGENTIC_INSTRUCTIONS = (
-    "Use the tools to measure the query image before you answer: parse_scene gives its parts, counts, sizes and "
-    "positions next to the references'; run_logicode runs a Python check(scene, references) program in a sandbox; "
-    "structural_score and composition_score give calibrated anomaly scores in [0, 1]. When you are done, answer "
-    "with the JSON described above and nothing else."
-)
+#: what each tool is for, in the order the instructions name them (only tools bound are named)
+_TOOL_HINTS = {
+    "parse_scene": "parse_scene gives the query's parts, counts, sizes and positions next to the references'",
+    "run_logicode": "run_logicode runs a Python check(scene, references) program in a sandbox",
+    "structural_score": "structural_score gives a calibrated score in [0, 1] for scratches, dents and contamination",
+    "composition_score": "composition_score gives a calibrated score in [0, 1] for how far the mix of parts lies "
+                         "from the references",
+}
 
 
-class _NoArgs(BaseModel):
-    pass
+def agentic_instructions(tool_names: list[str]) -> str:
+    hints = [hint for name, hint in _TOOL_HINTS.items() if name in tool_names]
+    return ("Use the tools to measure the query image before you answer: " + "; ".join(hints) + ". "
+            "When you are done, answer with the JSON described above and nothing else.")
 
 
 class _Program(BaseModel):
     source: str = Field(description="Python source defining check(scene, references) -> list of findings")
 
 
+class LogicodeOutput(BaseModel):
+    """What run_logicode returns: the program's findings, or why it failed."""
+
+    ok: bool
+    value: Any = Field(default=None, description="check()'s return value: a list of per-rule findings")
+    error: str | None = None
+    error_kind: str | None = Field(default=None, description="e.g. syntax, forbidden, timeout, memory, runtime")
+
+
+def logicode_tool(*, scene_json: dict, reference_scenes: list[dict], run_program: Callable[..., Any]) -> StructuredTool:
+    """The LogiCode runner bound to one image's scene. It lives on the agent side, not among the
+    detector tools, because it needs the sandbox."""
+
+    def run_logicode(source: str) -> dict:
+        res = run_program(source, "check", {"scene": scene_json, "references": reference_scenes})
+        return LogicodeOutput(ok=res.ok, value=res.value, error=res.error,
+                              error_kind=res.error_kind).model_dump(mode="json")
+
+    return StructuredTool.from_function(
+        run_logicode, name="run_logicode", args_schema=_Program, handle_tool_error=True,
+        description="Run a LogiCode program check(scene, references) in the sandbox, on the image under inspection.",
+        metadata={"output_schema": LogicodeOutput.model_json_schema(mode="serialization"),
+                  "output_model": LogicodeOutput.__name__},
+    )
+
+
 def build_tools(*, scene: Any, ctx: Any, structural_result: Any, composition: float | None,
-                run_program: Callable[..., Any]) -> list[StructuredTool]:
-    """Tools bound to one image's perception (computed once, served to the model on request)."""
-    scene_json = scene.model_dump(mode="json")
+                run_program: Callable[..., Any]) -> list[BaseTool]:
+    """Tools bound to one image's perception (computed once by the agent, served on request):
+    the detectors' own tools (:func:`detectors.tools.bound_tools`) plus run_logicode."""
+    from detectors.tools import bound_tools
 
-    def parse_scene() -> str:
-        return json.dumps({"parts": scene_json["parts"], "grid": scene_json.get("grid"),
-                           "n_components": len(scene_json["components"])})
-
-    def structural_score() -> str:
-        if structural_result is None:
-            return json.dumps({"available": False})
-        return json.dumps({"score": structural_result.score, "peak_xy": structural_result.peak_xy})
-
-    def composition_score() -> str:
-        report = [str(r) for r in ctx.parser.composition_report(scene)[:5]] if composition is not None else []
-        return json.dumps({"score": composition, "largest_deviations": report})
-
-    def run_logicode(source: str) -> str:
-        res = run_program(source, "check", {"scene": scene_json, "references": ctx.reference_scenes})
-        return json.dumps({"ok": res.ok, "value": res.value, "error": res.error, "error_kind": res.error_kind})
-
-    return [
-        StructuredTool.from_function(parse_scene, name="parse_scene", args_schema=_NoArgs,
-                                     description="Parts, counts, areas and positions in the query image and the references."),
-        StructuredTool.from_function(structural_score, name="structural_score", args_schema=_NoArgs,
-                                     description="Calibrated structural (scratch, dent, contamination) anomaly score."),
-        StructuredTool.from_function(composition_score, name="composition_score", args_schema=_NoArgs,
-                                     description="Rules-free score of how far the parts mix lies from the references."),
-        StructuredTool.from_function(run_logicode, name="run_logicode", args_schema=_Program,
-                                     description="Run a LogiCode program check(scene, references) in the sandbox."),
-    ]
+    report = getattr(ctx.parser, "composition_report", None)
+    deviations = report(scene) if composition is not None and callable(report) else []
+    tools = bound_tools(scene=scene, structural=structural_result, composition=composition, deviations=deviations)
+    tools.append(logicode_tool(scene_json=scene.model_dump(mode="json"), reference_scenes=ctx.reference_scenes,
+                               run_program=run_program))
+    return tools
 
 
-def run_agentic(chat_model: Any, messages: list, tools: list[StructuredTool], rules,
+def run_agentic(chat_model: Any, messages: list, tools: list[BaseTool], rules, *, timeout_s: float,
                 max_steps: int = MAX_STEPS) -> tuple[list[Finding], list[ToolCall], str]:
-    """Run the tool loop. Returns ``(findings, trace, note)``; never raises for model misbehaviour."""
+    """Run the tool loop. Returns ``(findings, trace, note)``; never raises for model misbehaviour.
+
+    Every model call is bounded by ``timeout_s``; a call that runs over ends the loop with a
+    note that says at which step and after which tool calls, and the agent falls back to the
+    validated program.
+    """
+    from agent.llm import LLMError, LLMTimeoutError, invoke_message_with_timeout
     from prompts.multimodal import parse_inspection_answer
 
     trace: list[ToolCall] = []
@@ -79,13 +95,18 @@ def run_agentic(chat_model: Any, messages: list, tools: list[StructuredTool], ru
         bound = chat_model.bind_tools(tools)
     except Exception as exc:
         return [], trace, f"Agentic mode unavailable: the model does not support tool calling ({exc})."
-    messages = list(messages) + [HumanMessage(AGENTIC_INSTRUCTIONS)]
+    messages = list(messages) + [HumanMessage(agentic_instructions(list(by_name)))]
     answer = ""
-    for _ in range(max_steps):
+    for step in range(1, max_steps + 1):
         try:
-            reply: AIMessage = bound.invoke(messages)
-        except Exception as exc:
-            return [], trace, f"Agentic mode failed: the model errored ({exc})."
+            reply = invoke_message_with_timeout(bound, messages, timeout_s, name=_name_of(chat_model))
+        except LLMTimeoutError as exc:
+            return [], trace, (f"Agentic mode stopped at step {step} of {max_steps}, after {len(trace)} tool "
+                               f"call(s): {exc} (AgentConfig.generation_timeout_s).")
+        except LLMError as exc:
+            return [], trace, f"Agentic mode failed at step {step}: the model errored ({exc})."
+        if not isinstance(reply, AIMessage):
+            return [], trace, f"Agentic mode failed at step {step}: the model returned {type(reply).__name__}."
         messages.append(reply)
         if not reply.tool_calls:
             answer = reply.content if isinstance(reply.content, str) else json.dumps(reply.content)
@@ -93,14 +114,15 @@ def run_agentic(chat_model: Any, messages: list, tools: list[StructuredTool], ru
         for call in reply.tool_calls:
             tool = by_name.get(call["name"])
             if tool is None:
-                output = json.dumps({"error": f"no tool named {call['name']!r}; tools: {sorted(by_name)}"})
+                output: Any = {"error": f"no tool named {call['name']!r}; tools: {sorted(by_name)}"}
             else:
                 try:
                     output = tool.invoke(call.get("args") or {})
                 except Exception as exc:  # bad arguments from the model: tell it, keep going
-                    output = json.dumps({"error": str(exc)})
-            trace.append(ToolCall(tool=call["name"], arguments=call.get("args") or {}, output=_short(output)))
-            messages.append(ToolMessage(content=str(output), tool_call_id=call.get("id") or call["name"]))
+                    output = {"error": str(exc)}
+            text = _as_text(output)
+            trace.append(ToolCall(tool=call["name"], arguments=call.get("args") or {}, output=_short(text)))
+            messages.append(ToolMessage(content=text, tool_call_id=call.get("id") or call["name"]))
     else:
         return [], trace, f"Agentic mode gave no answer within {max_steps} steps."
 
@@ -119,6 +141,14 @@ def run_agentic(chat_model: Any, messages: list, tools: list[StructuredTool], ru
     return findings, trace, note
 
 
-def _short(output: Any, limit: int = 2000) -> Any:
-    text = output if isinstance(output, str) else json.dumps(output, default=str)
+def _name_of(chat_model: Any) -> str:
+    return getattr(chat_model, "model_name", None) or type(chat_model).__name__
+
+
+def _as_text(output: Any) -> str:
+    """Tool results reach the model as JSON (str() of a dict would be Python syntax)."""
+    return output if isinstance(output, str) else json.dumps(output, default=str)
+
+
+def _short(text: str, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[:limit] + "..."

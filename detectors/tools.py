@@ -38,10 +38,12 @@ __all__ = [
     "CompositionOutput",
     "DeviationOutput",
     "ImageArgs",
+    "NoArgs",
     "Region",
     "SceneParserLike",
     "TOOL_OUTPUT_MODELS",
     "anomaly_regions",
+    "bound_tools",
     "detector_score_tool",
     "detector_tools",
 ]
@@ -56,6 +58,10 @@ class ImageArgs(BaseModel):
     """Input of every detector tool."""
 
     image_path: str = Field(description="Path of the image file to inspect (PNG, JPEG, ...).")
+
+
+class NoArgs(BaseModel):
+    """Input of a tool bound to one image (:func:`bound_tools`): nothing."""
 
 
 class Region(BaseModel):
@@ -226,12 +232,12 @@ def _run(fn: Callable[[], Any]) -> Any:
 
 
 def _make_tool(func: Callable[..., dict], name: str, description: str,
-               output_model: type[BaseModel]) -> StructuredTool:
+               output_model: type[BaseModel], args_schema: type[BaseModel] = ImageArgs) -> StructuredTool:
     return StructuredTool.from_function(
         func=func,
         name=name,
         description=description,
-        args_schema=ImageArgs,
+        args_schema=args_schema,
         handle_tool_error=True,
         metadata={"output_schema": output_model.model_json_schema(mode="serialization"),
                   "output_model": output_model.__name__},
@@ -241,6 +247,33 @@ def _make_tool(func: Callable[..., dict], name: str, description: str,
 # ---------------------------------------------------------------------------------------
 # Tool builders
 # ---------------------------------------------------------------------------------------
+
+STRUCTURAL_DESCRIPTION = (
+    "Structural anomaly score of an image (scratches, dents, contamination, broken or "
+    "deformed parts), from a few-shot patch memory of normal references. Returns JSON with "
+    "'score' in [0, 1] (0.5 = threshold), 'is_anomalous', 'peak_xy' and 'regions' "
+    "(bounding boxes of the anomalous areas). It cannot count parts: use parse_scene for that."
+)
+PARSE_DESCRIPTION = (
+    "Parse an image into the product's parts: for each part its id, name (if known), colour, "
+    "count and total area next to the normal references' statistics, and each connected "
+    "component's area, centroid, bounding box, orientation, axis lengths, colour name and "
+    "position (left/center/right, top/middle/bottom, grid cell). Use it to count parts and "
+    "check colours, sizes and positions."
+)
+COMPOSITION_DESCRIPTION = (
+    "Rules-free composition anomaly score of an image in [0, 1] (0.5 = threshold): how far the "
+    "counts, areas, positions and colours of its parts lie from the normal references, with the "
+    "deviations that drive it (part, quantity, observed value, reference mean and std, z-score)."
+)
+#: what a bound tool's description says instead of taking an image path
+_BOUND_NOTE = " This tool is bound to the image under inspection: call it without arguments."
+
+
+def _composition_output(score: float, deviations: Sequence[Any], top: int | None = None) -> dict:
+    rows = [_deviation(d) for d in deviations]
+    return CompositionOutput(score=score, is_anomalous=score >= 0.5,
+                             deviations=rows[:top] if top is not None else rows).model_dump(mode="json")
 
 
 def detector_score_tool(detector: Detector, name: str | None = None, description: str | None = None,
@@ -302,12 +335,7 @@ def detector_tools(structural: Detector | None = None, parser: SceneParserLike |
             structural_fn = None
         tools.append(detector_score_tool(
             structural, name="structural_score", score_fn=structural_fn,
-            description=(
-                "Structural anomaly score of an image (scratches, dents, contamination, broken or "
-                "deformed parts), from a few-shot patch memory of normal references. Returns JSON with "
-                "'score' in [0, 1] (0.5 = threshold), 'is_anomalous', 'peak_xy' and 'regions' "
-                "(bounding boxes of the anomalous areas). It cannot count parts: use parse_scene for that."
-            ),
+            description=STRUCTURAL_DESCRIPTION,
         ))
     if parser is not None:
         def scene_of(path: Path) -> Scene:
@@ -324,29 +352,13 @@ def detector_tools(structural: Detector | None = None, parser: SceneParserLike |
 
             def compute() -> dict:
                 scene = scene_of(path)
-                score = float(parser.composition_score(scene))
                 report = getattr(parser, "composition_report", None)
-                deviations = [_deviation(d) for d in report(scene)] if callable(report) else []
-                return CompositionOutput(score=score, is_anomalous=score >= 0.5,
-                                         deviations=deviations).model_dump(mode="json")
+                return _composition_output(float(parser.composition_score(scene)),
+                                           report(scene) if callable(report) else [])
             return _run(compute)
 
-        tools.append(_make_tool(
-            parse_scene, "parse_scene",
-            "Parse an image into the product's parts: for each part its id, name (if known), colour, "
-            "count and total area next to the normal references' statistics, and each connected "
-            "component's area, centroid, bounding box, orientation, axis lengths, colour name and "
-            "position (left/center/right, top/middle/bottom, grid cell). Use it to count parts and "
-            "check colours, sizes and positions.",
-            Scene,
-        ))
-        tools.append(_make_tool(
-            composition_score, "composition_score",
-            "Rules-free composition anomaly score of an image in [0, 1] (0.5 = threshold): how far the "
-            "counts, areas, positions and colours of its parts lie from the normal references, with the "
-            "deviations that drive it (part, quantity, observed value, reference mean and std, z-score).",
-            CompositionOutput,
-        ))
+        tools.append(_make_tool(parse_scene, "parse_scene", PARSE_DESCRIPTION, Scene))
+        tools.append(_make_tool(composition_score, "composition_score", COMPOSITION_DESCRIPTION, CompositionOutput))
     if clip_detectors:
         items = clip_detectors.items() if isinstance(clip_detectors, Mapping) else \
             [(d.name, d) for d in clip_detectors]
@@ -356,6 +368,36 @@ def detector_tools(structural: Detector | None = None, parser: SceneParserLike |
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"detector_tools: two tools would be named {duplicates}; pass clip_detectors as a mapping with distinct names.")
+    return tools
+
+
+def bound_tools(*, scene: Scene | None = None, structural: AnomalyResult | None = None,
+                composition: float | None = None, deviations: Sequence[Any] = (),
+                max_deviations: int = 5) -> list[BaseTool]:
+    """The detector tools for one image whose perception has already run.
+
+    An agent that has parsed and scored the image under inspection (``Agent.run_prepared``)
+    serves those results to a tool-calling model without running a detector again. The tools
+    have the names, descriptions and output models of :func:`detector_tools`, but take no
+    input (:class:`NoArgs`): they are bound to that one image. A tool is built only for the
+    results given: ``structural_score`` for ``structural``, ``parse_scene`` for ``scene``,
+    ``composition_score`` for ``composition`` (with the first ``max_deviations`` of
+    ``deviations``, e.g. ``parser.composition_report(scene)``).
+    """
+    if scene is None and structural is None and composition is None:
+        raise ValueError("bound_tools needs at least one of scene, structural or composition.")
+    tools: list[BaseTool] = []
+    if structural is not None:
+        structural_json = _to_output(structural).model_dump(mode="json")
+        tools.append(_make_tool(lambda: structural_json, "structural_score", STRUCTURAL_DESCRIPTION + _BOUND_NOTE,
+                                AnomalyScoreOutput, NoArgs))
+    if scene is not None:
+        scene_json = scene.model_dump(mode="json")
+        tools.append(_make_tool(lambda: scene_json, "parse_scene", PARSE_DESCRIPTION + _BOUND_NOTE, Scene, NoArgs))
+    if composition is not None:
+        composition_json = _composition_output(float(composition), deviations, top=max_deviations)
+        tools.append(_make_tool(lambda: composition_json, "composition_score", COMPOSITION_DESCRIPTION + _BOUND_NOTE,
+                                CompositionOutput, NoArgs))
     return tools
 
 

@@ -87,3 +87,28 @@ def test_tool_loop_without_an_answer_falls_back_to_the_program(refs, tmp_path):
     assert "no answer within 8 steps" in v.logic_note
     assert [f.source for f in v.findings if f.rule_id == "r1"] == ["logicode"]
     assert len(v.tool_trace) == 8
+
+
+class SlowToolCaller(ToolCallingFake):
+    """Answers the program request, then takes too long on its first tool-loop turn."""
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        if self.script:
+            return super()._generate(messages, stop, run_manager, **kwargs)
+        import time
+
+        time.sleep(3)
+        return ChatResult(generations=[ChatGeneration(message=_answer(passed=False))])
+
+
+def test_a_model_call_that_runs_over_its_budget_ends_the_loop(refs, tmp_path):
+    gen, references = refs
+    fake = SlowToolCaller(script=[
+        AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', True, 1, 1)\n```"),
+    ])
+    agent = Agent(AgentConfig(cache_dir=tmp_path, mode="agentic", generation_timeout_s=1), chat_model=fake,
+                  model_id="slow")
+    v = agent.run(gen.sample(42).image, rules=["At least one object."], references=references)
+    assert "stopped at step 1 of 8" in v.logic_note and "generation_timeout_s" in v.logic_note
+    assert [f.source for f in v.findings if f.rule_id == "r1"] == ["logicode"]  # the program stands in
+    assert v.models["logicode"] == "slow"

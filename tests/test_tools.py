@@ -19,7 +19,9 @@ from detectors.tools import (
     AnomalyScoreOutput,
     CompositionOutput,
     ImageArgs,
+    NoArgs,
     anomaly_regions,
+    bound_tools,
     detector_score_tool,
     detector_tools,
 )
@@ -188,3 +190,21 @@ def test_anomaly_regions_are_strongest_first():
     assert regions[0].bbox == (150, 50, 190, 70)
     assert regions[1].area_frac == pytest.approx(200 / 20000)
     assert anomaly_regions(np.zeros((10, 10))) == []
+
+
+def test_bound_tools_serve_one_image_s_results_without_arguments(patchcore, images):
+    parser = FakeParser()
+    scene = parser.parse(images["defect"])
+    structural = patchcore.score(images["defect"])
+    tools = by_name(bound_tools(scene=scene, structural=structural, composition=0.8,
+                                deviations=parser.composition_report(scene)))
+    assert sorted(tools) == ["composition_score", "parse_scene", "structural_score"]
+    assert all(t.args_schema is NoArgs and "call it without arguments" in t.description for t in tools.values())
+    assert Scene.model_validate(tools["parse_scene"].invoke({})).counts() == {"p1": 1}
+    assert AnomalyScoreOutput.model_validate(tools["structural_score"].invoke({})).score == structural.score
+    comp = CompositionOutput.model_validate(tools["composition_score"].invoke({}))
+    assert comp.score == 0.8 and comp.is_anomalous and comp.deviations[0].quantity == "count"
+    assert parser.parse_calls == 1  # nothing is recomputed
+    assert [t.name for t in bound_tools(scene=scene)] == ["parse_scene"]
+    with pytest.raises(ValueError, match="at least one"):
+        bound_tools()

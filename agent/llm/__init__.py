@@ -21,6 +21,7 @@ _LAZY = {
     "image_to_data_url": "agent.llm.messages",
     "extract_code": "agent.llm.robust",
     "invoke_with_timeout": "agent.llm.robust",
+    "invoke_message_with_timeout": "agent.llm.robust",
     "DEFAULT_MODEL": "agent.llm.weights",
     "WeightsError": "agent.llm.weights",
     "model_path": "agent.llm.weights",

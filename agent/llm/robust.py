@@ -9,6 +9,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
+from langchain_core.runnables import Runnable
 
 from .errors import LLMError, LLMTimeoutError
 from .messages import content_text
@@ -27,14 +28,21 @@ def invoke_with_timeout(chat: BaseChatModel, messages: list[BaseMessage], timeou
     Any failure (time budget exceeded, server down, model error) becomes an LLMError
     whose message names the model, so the agent can record it and carry on.
     """
+    return content_text(invoke_message_with_timeout(chat, messages, timeout_s, **kwargs).content)
+
+
+def invoke_message_with_timeout(model: Runnable, messages: list[BaseMessage], timeout_s: float, *,
+                                name: str | None = None, **kwargs: Any) -> BaseMessage:
+    """Like :func:`invoke_with_timeout`, but for any runnable (a chat model with tools bound,
+    say) and returning the whole message, tool calls included."""
     if timeout_s <= 0:
         raise LLMError(f"timeout_s must be positive, got {timeout_s}")
-    name = getattr(chat, "model_name", None) or type(chat).__name__
+    name = name or _model_name(model)
     # A daemon-less pool would keep the interpreter alive on a hung call; shutdown(wait=False) avoids blocking.
     pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-call")
-    future = pool.submit(chat.invoke, messages, **kwargs)
+    future = pool.submit(model.invoke, messages, **kwargs)
     try:
-        answer = future.result(timeout=timeout_s)
+        return future.result(timeout=timeout_s)
     except futures.TimeoutError:
         future.cancel()
         raise LLMTimeoutError(f"model {name} did not answer within {timeout_s:g} s") from None
@@ -44,7 +52,12 @@ def invoke_with_timeout(chat: BaseChatModel, messages: list[BaseMessage], timeou
         raise LLMError(f"model {name} failed: {type(exc).__name__}: {exc}") from exc
     finally:
         pool.shutdown(wait=False)
-    return content_text(answer.content)
+
+
+def _model_name(model: Any) -> str:
+    # A chat model with tools bound (RunnableBinding) wraps the model in ``bound``.
+    inner = getattr(model, "bound", model)
+    return getattr(inner, "model_name", None) or type(inner).__name__
 
 
 def _looks_like_code(source: str) -> bool:
