@@ -1,0 +1,89 @@
+"""LogiCode generation speed: wall time to write and validate the programs of one rule set.
+
+Uses the CPU default model (llama.cpp Qwen2.5-Coder-1.5B) on the synthetic screw_bag rule
+pack with 4 normal references, as ``agent.prepare`` does on a first run. The fitted
+detectors are cached in a benchmark-only directory (fitting is not what is measured);
+the program cache there is emptied first, so every run really generates.
+
+Prints one line per model call, one per rule (seconds, attempts, validated or why not),
+the total, and a final JSON summary line.
+
+    python benchmarks/bench_generation.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent import Agent, AgentConfig  # noqa: E402
+from detectors.data.synth import SynthGenerator  # noqa: E402
+
+CATEGORY = "screw_bag"
+K = 4
+SEED = 20261122  # the same synthetic references as benchmarks/bench_agent.py
+SCALE = 0.5
+
+
+def main() -> int:
+    cache = Path(tempfile.gettempdir()) / "logiscan-bench-generation"
+    shutil.rmtree(cache / "programs", ignore_errors=True)
+    agent = Agent(AgentConfig(cache_dir=cache))
+
+    gen = SynthGenerator(CATEGORY, seed=SEED, scale=SCALE)
+    refs = [gen.sample(i, kind="good").image for i in range(K)]
+
+    # Load the model before timing: loading is paid once per process, not per rule set.
+    t0 = time.perf_counter()
+    _ = agent.chat_model.llama if hasattr(agent.chat_model, "llama") else agent.chat_model
+    load_s = time.perf_counter() - t0
+
+    calls: list[tuple[int, float, int]] = []
+    chat = agent._chat
+
+    def timed_chat(messages, attempt=0):
+        start = time.perf_counter()
+        text = chat(messages, attempt)
+        calls.append((attempt, time.perf_counter() - start, len(text)))
+        print(f"  call: attempt {attempt + 1}, {calls[-1][1]:.1f} s, {len(text)} chars answered", flush=True)
+        return text
+
+    agent._chat = timed_chat  # observe every model call the generator makes
+
+    ctx = agent.prepare(category=CATEGORY, references=refs)
+    program = ctx.program
+    if program is None:
+        print(f"no program: {ctx.logic_note}")
+        return 1
+    print(f"model load: {load_s:.1f} s; fit perception: {ctx.timings.get('fit_perception', 0):.1f} s")
+    for f in program.functions:
+        status = "validated" if f.ok else f"NOT validated ({(f.problems[-1] if f.problems else '')[:120]})"
+        print(f"rule {f.rule_id}: {f.seconds:.1f} s, {f.attempts} attempt(s), {status}")
+    total = program.generation_seconds
+    ok = sum(f.ok for f in program.functions)
+    print(f"total generation: {total:.1f} s for {len(program.functions)} rules, {ok} validated, "
+          f"{len(calls)} model calls")
+    summary = {
+        "category": CATEGORY,
+        "model": program.model_id,
+        "threads_available": len(os.sched_getaffinity(0)),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "generation_seconds": round(total, 1),
+        "rules": {f.rule_id: {"seconds": round(f.seconds, 1), "attempts": f.attempts, "validated": f.ok}
+                  for f in program.functions},
+        "validated": f"{ok}/{len(program.functions)}",
+        "model_calls": len(calls),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
