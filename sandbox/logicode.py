@@ -11,6 +11,7 @@ touches no file, environment or process state. Helpers that take ``part`` accept
 
 from __future__ import annotations
 
+import colorsys
 import statistics
 from collections import Counter
 from typing import Any, Callable, Iterable, Optional
@@ -18,7 +19,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 from scipy import ndimage
 
-API_VERSION = "1"
+API_VERSION = "2"  # 2: lc.color_name uses the scene parser's colour words
 
 API_REFERENCE = """\
 lc.part(scene, name) -> part dict {id,name,description,color_name,count,total_area,ref_count,ref_area}; name = id like "p2" or a name, case-insensitive
@@ -34,7 +35,7 @@ lc.ref_values(references, fn) -> [fn(r) for r in references], e.g. fn = lambda s
 lc.typical(references, fn) -> median of fn over the references (most common value if not numbers)
 lc.within_references(value, references, fn, tolerance=0.1, stds=2.0) -> bool, value inside the references' [min, max] widened by tolerance*|max| + stds*std
 lc.grid_counts(scene, part=None) -> {"(r,c)": count} for every grid cell ({} when the product has no grid)
-lc.color_name(rgb) -> one of red, orange, yellow, green, blue, purple, pink, brown, white, gray, black
+lc.color_name(rgb) -> the scene's colour words: red, dark red, orange, brown, beige, yellow, olive, green, cyan, blue, purple, pink, white, gray, dark gray, black
 lc.relative_position(box_a, box_b) -> "left of", "right of", "above", "below" or "overlapping" (a relative to b)
 lc.count_components(mask, min_area=1) -> int, 8-connected components of a 2-D numpy mask
 lc.component_areas(mask, min_area=1) -> list of component areas;  lc.centroids(mask, min_area=1) -> list of [x, y]
@@ -42,7 +43,8 @@ lc.finding(rule_id, passed, observed, expected, explanation="", evidence=None) -
    evidence: a list of boxes or component dicts (their bbox is used)
 """
 
-PALETTE = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "white", "gray", "black")
+PALETTE = ("red", "dark red", "orange", "brown", "beige", "yellow", "olive", "green", "cyan", "blue", "purple", "pink",
+           "white", "gray", "dark gray", "black")
 _HORIZONTAL_WORDS = {"left": "left", "right": "right", "center": "center", "centre": "center", "middle": "center"}
 _VERTICAL_WORDS = {"top": "top", "upper": "top", "bottom": "bottom", "lower": "bottom", "middle": "middle", "center": "middle", "centre": "middle"}
 
@@ -224,34 +226,41 @@ def within_references(
 
 # -- colours and geometry -----------------------------------------------------------------
 def color_name(rgb: Any) -> str:
-    """The nearest name in a fixed palette of 11 colours, decided in HSV space."""
+    """A plain colour word for an RGB triple (0..255), decided in HSV space.
+
+    This is also how the scene parser names the colours of parts and components (it imports
+    this function), so a word a program computes always matches the words in the scene.
+    Everyday words, not a colour-science scale: they are what rules say ("yellow cable").
+    """
     r, g, b = (min(max(float(v), 0.0), 255.0) / 255.0 for v in list(rgb)[:3])
-    hi, lo = max(r, g, b), min(r, g, b)
-    v, s = hi, (0.0 if hi == 0 else (hi - lo) / hi)
-    if v < 0.18:
+    h, s, v = colorsys.rgb_to_hsv(r, g, b)
+    hue = h * 360.0
+    if v < 0.16:
         return "black"
-    if s < 0.18:
-        return "white" if v > 0.8 else "gray"
-    d = hi - lo
-    if hi == r:
-        h = 60 * (((g - b) / d) % 6)
-    elif hi == g:
-        h = 60 * ((b - r) / d + 2)
-    else:
-        h = 60 * ((r - g) / d + 4)
-    if h < 15 or h >= 345:
-        return "pink" if (s < 0.5 and v > 0.7) else "red"
-    if h < 45:
-        return "brown" if v < 0.6 else "orange"
-    if h < 70:
-        return "brown" if v < 0.45 else "yellow"
-    if h < 170:
+    if s < 0.12 or (s < 0.2 and v > 0.8):
+        if v > 0.78:
+            return "white"
+        return "gray" if v > 0.3 else "dark gray"
+    if s < 0.3 and v > 0.65 and 15 <= hue < 70:
+        return "beige"
+    if hue < 12 or hue >= 340:
+        return "red" if v > 0.35 else "dark red"
+    if hue < 42:
+        # orange and brown share hues; brown is the dark, less saturated end
+        if v < 0.55 or (s < 0.45 and v < 0.75):
+            return "brown"
+        return "orange"
+    if hue < 70:
+        return "olive" if v < 0.45 else "yellow"
+    if hue < 165:
         return "green"
-    if h < 260:
+    if hue < 195:
+        return "cyan"
+    if hue < 255:
         return "blue"
-    if h < 300:
+    if hue < 290:
         return "purple"
-    return "pink"
+    return "pink" if v > 0.5 else "purple"
 
 
 def _box(b: Any) -> list[int]:

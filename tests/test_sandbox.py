@@ -397,7 +397,7 @@ def test_check_source_survives_pathological_sources():
 # -- the logicode helpers (in-process: they are plain functions) --------------------------------
 def test_api_reference_is_short_and_names_every_helper():
     lines = API_REFERENCE.strip().splitlines()
-    assert API_VERSION == "1"
+    assert API_VERSION == "2"
     assert len(lines) <= 40
     for name in lc.__all__:
         if name not in ("API_VERSION", "API_REFERENCE", "PALETTE"):
@@ -460,10 +460,14 @@ def test_reference_statistics():
     "rgb, name",
     [((220, 30, 30), "red"), ((250, 140, 20), "orange"), ((240, 230, 40), "yellow"), ((30, 180, 60), "green"),
      ((30, 60, 220), "blue"), ((130, 40, 200), "purple"), ((250, 150, 200), "pink"), ((120, 70, 30), "brown"),
-     ((245, 245, 245), "white"), ((128, 128, 128), "gray"), ((10, 10, 10), "black")],
+     ((245, 245, 245), "white"), ((128, 128, 128), "gray"), ((10, 10, 10), "black"), ((60, 60, 60), "dark gray"),
+     ((30, 200, 210), "cyan"), ((230, 215, 180), "beige")],
 )
 def test_color_name_palette(rgb, name):
-    assert lc.color_name(rgb) == name
+    from detectors.parsing.colors import color_name as parser_color_name
+
+    assert lc.color_name(rgb) == name and name in lc.PALETTE
+    assert parser_color_name(rgb) == name  # programs and scenes share one vocabulary
 
 
 def test_relative_position():
