@@ -77,8 +77,14 @@ class FusionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    #: relative trust in each detector (0 leaves it out of the score; it is still reported)
     weight_structural: float = Field(default=1.0, ge=0.0, le=1.0)
     weight_composition: float = Field(default=1.0, ge=0.0, le=1.0)
+    power: float = Field(
+        default=0.5, gt=0.0, le=64.0,
+        description="exponent of the power mean of the detectors' calibrated odds: small values need the "
+                    "detectors to agree, large ones follow the strongest (64 is nearly the maximum)",
+    )
 
 
 class AgentConfig(BaseModel):

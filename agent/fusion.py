@@ -4,10 +4,20 @@ The detectors calibrate their scores on the references (leave-one-out), so that 
 marks the edge of what the references showed. The fused score keeps that meaning:
 a failed logic check puts the image above the threshold, and the continuous
 evidence orders images within each side, which is what AUROC rewards.
+
+The detectors' evidence is a power mean of their calibrated odds ``s / (1 - s)`` (the
+raw score over the references' edge), not their maximum: with a few references, one
+detector is often noisy on a category (the composition score of a pile of almonds), and
+under a maximum its noise hides the other's signal. On the synthetic benchmark (two
+seeds, 4 references, no LogiCode) the structural AUROC of the fused score rose from
+0.55-0.58 (maximum) to 0.68-0.70 (power 0.5) and the logical AUROC from 0.59-0.63 to
+0.61-0.66, and the share of good images above the threshold fell from 50-60 % to 5-12 %.
+A single detector far beyond its edge still crosses the threshold on its own.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 from .config import FusionConfig
@@ -28,13 +38,14 @@ def fuse(
 ) -> tuple[float, dict[str, float]]:
     """Return ``(score, component scores)``, all in [0, 1]."""
     components: dict[str, float] = {}
-    evidence = 0.0
+    weighted: list[tuple[float, float]] = []
     if structural is not None:
         components["structural"] = float(structural)
-        evidence = max(evidence, config.weight_structural * structural)
+        weighted.append((config.weight_structural, float(structural)))
     if composition is not None:
         components["composition"] = float(composition)
-        evidence = max(evidence, config.weight_composition * composition)
+        weighted.append((config.weight_composition, float(composition)))
+    evidence = detector_evidence(weighted, power=config.power)
 
     logic = [f for f in findings if f.source in RULE_SOURCES]
     if logic:
@@ -48,6 +59,24 @@ def fuse(
         # Unconfident failures (checks that crashed) raise the score without deciding it.
         evidence = max(evidence, min(config.threshold - 1e-6, severity))
     return min(1.0, max(0.0, evidence)), components
+
+
+def detector_evidence(weighted: Sequence[tuple[float, float]], *, power: float) -> float:
+    """The weighted power mean of calibrated scores' odds, back on the [0, 1] scale.
+
+    ``weighted`` holds ``(weight, score)`` pairs; sources of weight 0 are left out. Every
+    source at 0.5 gives 0.5, so the threshold keeps its meaning.
+    """
+    used = [(w, min(max(s, _EPS), 1.0 - _EPS)) for w, s in weighted if w > 0]
+    if not used:
+        return 0.0
+    total = sum(w for w, _ in used)
+    mean = sum(w * (s / (1.0 - s)) ** power for w, s in used) / total
+    odds = mean ** (1.0 / power)
+    return odds / (1.0 + odds) if math.isfinite(odds) else 1.0
+
+
+_EPS = 1e-6
 
 
 def _fmt(value: object) -> str:

@@ -19,10 +19,24 @@ def test_confident_failed_rule_crosses_the_threshold_and_evidence_orders():
 
 
 def test_passing_rules_leave_the_detector_evidence():
-    score, _ = fuse([_f("r1", True)], structural=0.3, composition=0.45, config=FusionConfig())
-    assert score == 0.45
-    score, _ = fuse([_f("r1", True)], structural=0.8, composition=0.1, config=FusionConfig())
-    assert score == 0.8
+    cfg = FusionConfig()
+    score, _ = fuse([_f("r1", True)], structural=0.5, composition=0.5, config=cfg)
+    assert abs(score - 0.5) < 1e-9  # both detectors at their references' edge: at the threshold
+    score, _ = fuse([_f("r1", True)], structural=0.3, composition=0.45, config=cfg)
+    assert 0.3 < score < 0.45
+    # one detector far beyond its edge decides on its own; one just beyond it does not
+    assert fuse([], structural=0.9, composition=0.1, config=cfg)[0] > 0.5
+    assert fuse([], structural=0.6, composition=0.1, config=cfg)[0] < 0.5
+    # evidence is monotone in each detector
+    a, b = (fuse([], structural=s, composition=0.3, config=cfg)[0] for s in (0.4, 0.7))
+    assert a < b
+
+
+def test_the_power_moves_between_agreement_and_the_strongest_detector():
+    low = fuse([], structural=0.8, composition=0.2, config=FusionConfig(power=0.1))[0]
+    mid = fuse([], structural=0.8, composition=0.2, config=FusionConfig(power=1.0))[0]
+    high = fuse([], structural=0.8, composition=0.2, config=FusionConfig(power=64))[0]
+    assert low < mid < high and abs(high - 0.79) < 0.02  # near the maximum
 
 
 def test_crashed_checks_raise_but_do_not_decide():
@@ -32,9 +46,14 @@ def test_crashed_checks_raise_but_do_not_decide():
 
 
 def test_weights_and_missing_sources():
-    cfg = FusionConfig(weight_structural=0.5)
-    score, comps = fuse([], structural=0.8, composition=None, config=cfg)
-    assert score == 0.4 and "composition" not in comps
+    score, comps = fuse([], structural=0.8, composition=None, config=FusionConfig())
+    assert abs(score - 0.8) < 1e-9 and "composition" not in comps
+    # weight 0 leaves a detector out of the score (it is still reported)
+    score, comps = fuse([], structural=0.8, composition=0.1, config=FusionConfig(weight_composition=0.0))
+    assert abs(score - 0.8) < 1e-9 and comps["composition"] == 0.1
+    trusted = fuse([], structural=0.8, composition=0.1, config=FusionConfig(weight_composition=0.2))[0]
+    assert trusted > fuse([], structural=0.8, composition=0.1, config=FusionConfig())[0]
+    assert fuse([], structural=None, composition=None, config=FusionConfig())[0] == 0.0
 
 
 def test_explanation_names_the_failed_rule_with_values():
