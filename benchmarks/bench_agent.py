@@ -4,7 +4,7 @@ Runs the CPU default model (llama.cpp Qwen2.5-Coder-1.5B) end to end. Programs a
 generated into a fresh cache directory, so generation time is measured, not recalled.
 Prints one line per figure and a final summary line.
 
-    python benchmarks/bench_agent.py [--per-kind N] [--categories a,b] [--skip-real]
+    python benchmarks/bench_agent.py [--per-kind N] [--categories a,b] [--skip-real] [--cache-dir DIR]
 """
 
 from __future__ import annotations
@@ -141,9 +141,12 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--scale", type=float, default=0.5)
     ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--cache-dir", type=Path, default=None,
+                    help="reuse the programs and fits of an earlier run (then generation is recalled, not measured)")
     args = ap.parse_args()
 
-    cache = Path(tempfile.mkdtemp(prefix="logiscan-bench-"))
+    cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="logiscan-bench-"))
+    print(f"cache: {cache}", flush=True)
     agent = Agent(AgentConfig(cache_dir=cache))
     syn = synthetic(agent, args.categories.split(","), args.per_kind, args.k, args.scale)
     print(f"synthetic: logical_auroc={syn['logical_auroc']:.3f} structural_auroc={syn['structural_auroc']:.3f} "
