@@ -419,10 +419,9 @@ class Agent:
         report = getattr(ctx.parser, "composition_report", None)
         if report is None:
             return []
-        notes = []
-        for row in report(scene)[:3]:
-            notes.append(str(row))
-        return notes
+        labels = {p.id: f"{p.name} ({p.id})" if p.name else f"{p.id} ({p.color_name})" for p in scene.parts}
+        return [row.sentence(labels.get(row.part)) if hasattr(row, "sentence") else str(row)
+                for row in report(scene)[:3]]
 
     @staticmethod
     def _evidence_findings(structural_result, composition, composition_notes, threshold) -> list[Finding]:

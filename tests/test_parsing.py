@@ -103,6 +103,9 @@ def test_composition_score_flags_count_and_colour(parser):
     top = parser.composition_report(extra, top=1)[0]
     assert top.quantity in ("count", "area_frac") and top.observed > top.ref_mean
     assert top.part == _parts_by(extra, "orange")[0].id
+    sentence = top.sentence(f"{top.part} (orange)")
+    assert sentence.startswith(f"Part {top.part} (orange): ") and f"{top.observed:.3g}" in sentence
+    assert f"references {top.ref_mean:.3g} ± " in sentence and f"(z = {top.z:.1f})" in sentence
 
 
 def test_scene_json_and_save_load(parser, tmp_path):

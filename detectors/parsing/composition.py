@@ -43,6 +43,27 @@ class Deviation(BaseModel):
     ref_std: float
     z: float = Field(description="|observed - ref_mean| / max(ref_std, floor)")
 
+    def sentence(self, label: str | None = None) -> str:
+        """The deviation as a quality engineer reads it, e.g. ``Part p6 (orange): horizontal
+        position 0.75 of the product's width, references 0.18 ± 0 (z = 9.5).``; ``label``
+        describes the part (default: its id)."""
+        label = label or self.part
+        what, unit = _QUANTITY_WORDS.get(self.quantity, (self.quantity, ""))
+        return (f"Part {label}: {what} {self.observed:.3g}{unit}, references {self.ref_mean:.3g} ± "
+                f"{self.ref_std:.2g} (z = {self.z:.1f}).")
+
+
+#: quantity -> (words, unit) for :meth:`Deviation.sentence`
+_QUANTITY_WORDS = {
+    "count": ("count", ""),
+    "area_frac": ("area", " of the product"),
+    "centroid_x": ("horizontal position", " of the product's width"),
+    "centroid_y": ("vertical position", " of the product's height"),
+    "color_L": ("lightness L*", ""),
+    "color_a": ("colour a* (green-red)", ""),
+    "color_b": ("colour b* (blue-yellow)", ""),
+}
+
 
 def scene_quantities(scene: Scene) -> dict[str, dict[str, float]]:
     """Per part id: count, area fraction, mean relative centroid and mean Lab colour."""
