@@ -99,7 +99,7 @@ def run_agentic(chat_model: Any, messages: list, tools: list[BaseTool], rules, *
     answer = ""
     for step in range(1, max_steps + 1):
         try:
-            reply = invoke_message_with_timeout(bound, messages, timeout_s, name=_name_of(chat_model))
+            reply = invoke_message_with_timeout(bound, messages, timeout_s)
         except LLMTimeoutError as exc:
             return [], trace, (f"Agentic mode stopped at step {step} of {max_steps}, after {len(trace)} tool "
                                f"call(s): {exc} (AgentConfig.generation_timeout_s).")
@@ -139,10 +139,6 @@ def run_agentic(chat_model: Any, messages: list, tools: list[BaseTool], rules, *
         ))
     note = "" if findings else "Agentic mode: the model's answer held no per-rule findings."
     return findings, trace, note
-
-
-def _name_of(chat_model: Any) -> str:
-    return getattr(chat_model, "model_name", None) or type(chat_model).__name__
 
 
 def _as_text(output: Any) -> str:

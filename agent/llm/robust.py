@@ -31,13 +31,13 @@ def invoke_with_timeout(chat: BaseChatModel, messages: list[BaseMessage], timeou
     return content_text(invoke_message_with_timeout(chat, messages, timeout_s, **kwargs).content)
 
 
-def invoke_message_with_timeout(model: Runnable, messages: list[BaseMessage], timeout_s: float, *,
-                                name: str | None = None, **kwargs: Any) -> BaseMessage:
+def invoke_message_with_timeout(model: Runnable, messages: list[BaseMessage], timeout_s: float,
+                                **kwargs: Any) -> BaseMessage:
     """Like :func:`invoke_with_timeout`, but for any runnable (a chat model with tools bound,
     say) and returning the whole message, tool calls included."""
     if timeout_s <= 0:
         raise LLMError(f"timeout_s must be positive, got {timeout_s}")
-    name = name or _model_name(model)
+    name = _model_name(model)
     # A daemon-less pool would keep the interpreter alive on a hung call; shutdown(wait=False) avoids blocking.
     pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-call")
     future = pool.submit(model.invoke, messages, **kwargs)
