@@ -20,6 +20,8 @@ _LAZY = {
     "register_backbone": "detectors.backbones",
     "FeatureMaps": "detectors.backbones",
     "PatchCore": "detectors.patchcore",
+    # logical detection by position (each region against the same region of the references)
+    "LayoutDetector": "detectors.layout",
     # scene parsing and the rules-free composition score
     "SceneParser": "detectors.parsing",
     "CompositionScorer": "detectors.parsing",

@@ -6,8 +6,24 @@ import abc
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from .images import ImageInput
 from .schema import AnomalyResult
+
+
+def logistic_calibration(loo_scores: Sequence[float], sigmas: float) -> dict[str, float]:
+    """Where a detector's calibrated score is 0.5, from its references' leave-one-out raw scores.
+
+    Returns ``center`` (``sigmas`` spreads above their mean) and ``scale`` of the logistic map
+    ``sigmoid((raw - center) / scale)``. The spread has a floor: one to four references
+    estimate it poorly, and a near-zero spread would make any deviation look enormous.
+    """
+    loo = np.asarray(list(loo_scores), dtype=float)
+    mean = float(loo.mean())
+    std = float(loo.std()) if loo.size > 1 else 0.0
+    scale = max(std, 0.1 * abs(mean), 1e-6)
+    return {"center": mean + sigmas * scale, "scale": scale, "loo_mean": mean, "loo_std": std}
 
 
 class NotFittedError(RuntimeError):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..backbones import Backbone, FeatureMaps, backbone_config, get_backbone
-from ..base import Detector, NotFittedError
+from ..base import Detector, NotFittedError, logistic_calibration
 from ..images import ImageInput, load_image
 from ..schema import AnomalyResult
 from . import torch_model as tm
@@ -289,12 +289,7 @@ class PatchCore(Detector):
         """``center`` (where the calibrated score is 0.5) and ``scale`` of the logistic map."""
         self._check_fitted()
         assert self.loo_scores is not None
-        mean = float(self.loo_scores.mean())
-        std = float(self.loo_scores.std(unbiased=False)) if self.loo_scores.numel() > 1 else 0.0
-        # a floor on the scale: with 1-4 references the spread itself is poorly estimated
-        scale = max(std, 0.1 * abs(mean), 1e-6)
-        return {"center": mean + self.calibration_sigmas * scale, "scale": scale,
-                "loo_mean": mean, "loo_std": std}
+        return logistic_calibration(self.loo_scores.tolist(), self.calibration_sigmas)
 
     def calibrate(self, raw: torch.Tensor | float) -> torch.Tensor:
         """Map raw distances into [0, 1] with the references' leave-one-out statistics."""

@@ -1,0 +1,246 @@
+"""The layout detector as a :class:`~detectors.base.Detector`: images in, calibrated results out.
+
+The numerics live in :mod:`detectors.layout.torch_model`; this module handles images, the
+backbone, calibration, results and persistence, the same way :class:`~detectors.PatchCore` does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..backbones import Backbone, FeatureMaps, backbone_config, get_backbone
+from ..base import Detector, NotFittedError, logistic_calibration
+from ..images import ImageInput
+from ..schema import AnomalyResult
+from ..patchcore.torch_model import gaussian_blur
+from . import torch_model as tm
+
+_FORMAT_VERSION = 1
+_CONFIG_FILE = "config.json"
+_STATE_FILE = "state.pt"
+#: the layer's stride when none is named: coarse enough to be one object part per cell and to
+#: tolerate the small shifts and rotations between photographs, fine enough to see one pushpin
+DEFAULT_STRIDE = 16
+
+
+def default_layer(cfg: Any) -> str:
+    """The backbone's deepest layer at stride ``DEFAULT_STRIDE`` (or the nearest stride)."""
+    strides = cfg.layer_strides
+    best = min(abs(s - DEFAULT_STRIDE) for s in strides.values())
+    return [name for name, s in strides.items() if abs(s - DEFAULT_STRIDE) == best][-1]
+
+
+class LayoutDetector(Detector):
+    """Few-shot logical anomaly detection by position: each region against the same region
+    of the references.
+
+    A missing orange leaves an empty tray slot, a missing pushpin an empty compartment, a
+    misplaced label a label where the references show the bottle's glass. Every such patch
+    exists *somewhere* in the references, so a structural detector (PatchCore) accepts it;
+    compared with the references' patches *at the same place* (within ``window`` grid cells,
+    for the small shifts between photographs) it stands out.
+
+    ``fit(references)`` on 1 to ``max_references`` normal images of one product, photographed
+    the same way; ``score(image)`` returns an :class:`AnomalyResult` calibrated into [0, 1] as
+    PatchCore's is: 0.5 lies ``calibration_sigmas`` leave-one-out standard deviations above the
+    references' own scores. It is not made for products whose parts lie anywhere (a bag of
+    screws): there, positions carry no meaning and the scene parse's counts do the work.
+
+    Parameters
+    ----------
+    backbone: registry name of the feature extractor.
+    layer: backbone layer whose grid the comparison runs on (default: the deepest stride-16 layer).
+    image_size: long side of the network input.
+    window: how far (grid cells) a patch may have moved from the references' position.
+    top_fraction: the raw image score is the mean of this share of the largest cell distances.
+    sigma: Gaussian smoothing of the map, in network-input pixels.
+    """
+
+    name = "layout"
+
+    def __init__(self, backbone: str = "efficientnet-lite0", layer: str | None = None, image_size: int = 448,
+                 window: int = 2, top_fraction: float = 0.01, sigma: float = 8.0,
+                 calibration_sigmas: float = 2.0, max_references: int = 16,
+                 device: str = "cpu", weights_path: str | None = None):
+        cfg = backbone_config(backbone)
+        self.backbone_name = backbone
+        self.layer = layer or default_layer(cfg)
+        if self.layer not in cfg.layer_strides:
+            raise ValueError(f"LayoutDetector: unknown layer {self.layer!r} for backbone {backbone!r}; "
+                             f"available layers: {list(cfg.layer_strides)}.")
+        if image_size < cfg.size_multiple:
+            raise ValueError(f"LayoutDetector: image_size must be at least {cfg.size_multiple}, got {image_size}.")
+        if window < 0:
+            raise ValueError(f"LayoutDetector: window must be >= 0 grid cells, got {window}.")
+        if not 0.0 < top_fraction <= 1.0:
+            raise ValueError(f"LayoutDetector: top_fraction must be in (0, 1], got {top_fraction}.")
+        if max_references < 1:
+            raise ValueError("LayoutDetector: max_references must be >= 1.")
+        self.image_size = int(image_size)
+        self.window = int(window)
+        self.top_fraction = float(top_fraction)
+        self.sigma = float(sigma)
+        self.calibration_sigmas = float(calibration_sigmas)
+        self.max_references = int(max_references)
+        self.device = device
+        self.weights_path = weights_path
+        self._backbone: Backbone | None = None
+        # fitted state
+        self.references: torch.Tensor | None = None  # (N, C, h, w) unit patch features
+        self.loo_scores: torch.Tensor | None = None
+
+    # -- configuration -----------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        return {"backbone": self.backbone_name, "layer": self.layer, "image_size": self.image_size,
+                "window": self.window, "top_fraction": self.top_fraction, "sigma": self.sigma,
+                "calibration_sigmas": self.calibration_sigmas, "max_references": self.max_references}
+
+    @property
+    def backbone(self) -> Backbone:
+        if self._backbone is None:
+            self._backbone = get_backbone(self.backbone_name, device=self.device, weights_path=self.weights_path)
+        return self._backbone
+
+    def feature_request(self) -> dict[str, Any]:
+        """The ``size`` and ``layers`` to pass to ``backbone.extract`` to share features."""
+        return {"backbone": self.backbone_name, "size": self.image_size, "layers": [self.layer]}
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.references is not None
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        self._check_fitted()
+        assert self.references is not None
+        return tuple(self.references.shape[-2:])  # type: ignore[return-value]
+
+    def _features(self, image: ImageInput | None, features: FeatureMaps | None) -> FeatureMaps:
+        if features is None:
+            if image is None:
+                raise ValueError("LayoutDetector: pass an image, or features from backbone.extract().")
+            return self.backbone.extract(image, size=self.image_size, layers=[self.layer])
+        if not isinstance(features, FeatureMaps) or self.layer not in features:
+            raise ValueError(f"LayoutDetector: features must be FeatureMaps holding layer {self.layer!r} "
+                             f"(see feature_request()).")
+        return features
+
+    def _grid_features(self, fm: FeatureMaps, grid: tuple[int, int] | None) -> torch.Tensor:
+        emb = tm.normalise(fm[self.layer])
+        return tm.to_grid(emb, grid) if grid is not None else emb
+
+    # -- fit -------------------------------------------------------------------------------
+    def fit(self, references: Sequence[ImageInput],
+            features: Sequence[FeatureMaps] | None = None) -> "LayoutDetector":
+        """Keep the references' patch grids and calibrate on them (leave-one-out)."""
+        if isinstance(references, (str, bytes, np.ndarray)) or not isinstance(references, Sequence):
+            raise TypeError("LayoutDetector.fit expects a list of reference images, "
+                            f"got {type(references).__name__}.")
+        n = len(references) if features is None else len(features)
+        if n < 1:
+            raise ValueError("LayoutDetector.fit needs at least 1 normal reference image; got none.")
+        if n > self.max_references:
+            raise ValueError(f"LayoutDetector.fit got {n} references; at most {self.max_references} are used.")
+        grids: list[torch.Tensor] = []
+        for i in range(n):
+            fm = self._features(references[i] if features is None else None,
+                                None if features is None else features[i])
+            # every reference on the first one's grid: references of another size still align
+            grids.append(self._grid_features(fm, tuple(grids[0].shape[-2:]) if grids else None)[0])
+        stack = torch.stack(grids)
+        if n == 1:
+            # one reference: compare it with itself, shifted (how much the surface varies locally)
+            loo = [tm.top_mean(tm.positional_distances(stack[0], [stack[0]], max(1, self.window),
+                                                       skip_centre=True), self.top_fraction)]
+        else:
+            loo = [tm.top_mean(tm.positional_distances(stack[i], [stack[j] for j in range(n) if j != i],
+                                                       self.window), self.top_fraction) for i in range(n)]
+        if not all(np.isfinite(loo)):
+            raise ValueError("LayoutDetector.fit: the references are too small to calibrate on; "
+                             "use a larger image_size.")
+        self.references = stack.contiguous()
+        self.loo_scores = torch.tensor(loo, dtype=torch.float32)
+        return self
+
+    # -- scoring ---------------------------------------------------------------------------
+    def calibration(self) -> dict[str, float]:
+        self._check_fitted()
+        assert self.loo_scores is not None
+        return logistic_calibration(self.loo_scores.tolist(), self.calibration_sigmas)
+
+    def calibrate(self, raw: torch.Tensor | float) -> torch.Tensor:
+        cal = self.calibration()
+        return torch.sigmoid((torch.as_tensor(raw, dtype=torch.float32) - cal["center"]) / cal["scale"])
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError("LayoutDetector is not fitted: call fit(references) first, "
+                                 "or LayoutDetector.load(path).")
+
+    def score(self, image: ImageInput | None = None, features: FeatureMaps | None = None) -> AnomalyResult:
+        """Score one image (or its precomputed ``features``)."""
+        self._check_fitted()
+        assert self.references is not None
+        t0 = time.perf_counter()
+        fm = self._features(image, features)
+        query = self._grid_features(fm, self.grid)[0]
+        dists = tm.positional_distances(query, list(self.references), self.window)
+        raw = tm.top_mean(dists, self.top_fraction)
+        in_w, in_h = fm.input_size
+        amap = F.interpolate(dists[None, None], size=(in_h, in_w), mode="bilinear", align_corners=False)
+        amap = gaussian_blur(amap, self.sigma)[0, 0]
+        width, height = fm.image_size
+        full = F.interpolate(self.calibrate(amap)[None, None], size=(height, width), mode="bilinear",
+                             align_corners=False)[0, 0]
+        peak = int(torch.argmax(dists))
+        gh, gw = dists.shape
+        peak_xy = (min(width - 1, int((peak % gw + 0.5) * width / gw)),
+                   min(height - 1, int((peak // gw + 0.5) * height / gh)))
+        return AnomalyResult(detector=self.name, score=float(self.calibrate(raw)), raw_score=raw, calibrated=True,
+                             anomaly_map=full.numpy().astype(np.float32, copy=False), peak_xy=peak_xy,
+                             seconds=time.perf_counter() - t0)
+
+    # -- persistence -------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write ``config.json`` and ``state.pt`` (tensors only) into the folder ``path``."""
+        self._check_fitted()
+        folder = Path(path)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"LayoutDetector.save: {folder} exists and is not a folder.")
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {"format": "logiscan.layout", "version": _FORMAT_VERSION, "params": self.get_params(),
+                  "calibration": self.calibration()}
+        (folder / _CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        torch.save({"references": self.references, "loo_scores": self.loo_scores}, folder / _STATE_FILE)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", weights_path: str | None = None) -> "LayoutDetector":
+        """Load a detector written by :meth:`save` (no pickled objects are read)."""
+        folder = Path(path)
+        config_file, state_file = folder / _CONFIG_FILE, folder / _STATE_FILE
+        if not config_file.is_file() or not state_file.is_file():
+            raise FileNotFoundError(f"LayoutDetector.load: {folder} is not a saved LayoutDetector "
+                                    f"(expected {_CONFIG_FILE} and {_STATE_FILE}).")
+        try:
+            config = json.loads(config_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"LayoutDetector.load: {config_file} is not valid JSON ({exc}).") from exc
+        if config.get("format") != "logiscan.layout" or config.get("version") != _FORMAT_VERSION:
+            raise ValueError(f"LayoutDetector.load: {config_file} has format {config.get('format')!r} version "
+                             f"{config.get('version')!r}; expected 'logiscan.layout' version {_FORMAT_VERSION}.")
+        detector = cls(**config["params"], device=device, weights_path=weights_path)
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        detector.references, detector.loo_scores = state["references"], state["loo_scores"]
+        return detector
+
+    def __repr__(self) -> str:
+        fitted = f"fitted on {len(self.references)}" if self.references is not None else "not fitted"
+        return f"LayoutDetector({self.backbone_name}, {self.layer}, window={self.window}, {fitted})"
