@@ -320,7 +320,7 @@ class ShippedContext:
     """A prepared context in a form that crosses a process boundary cheaply.
 
     ``agent.core.Context`` holds fitted detectors (with backbone networks) and reference
-    images: those travel as the files the parent saved (``parser``, ``structural``) and
+    images: those travel as the files the parent saved (``parser``, ``structural``, ``layout``) and
     the reference paths, the rest (rules, program, reference scenes, notes) as data. Any
     other agent's context (e.g. a test double's) travels as it is.
     """
@@ -328,6 +328,7 @@ class ShippedContext:
     context: Any
     parser: Optional[str] = None
     structural: Optional[str] = None
+    layout: Optional[str] = None
     references: list[str] = field(default_factory=list)
 
     def unpack(self) -> Any:
@@ -335,7 +336,7 @@ class ShippedContext:
 
         if not isinstance(self.context, Context):
             return self.context
-        from detectors import PatchCore, SceneParser
+        from detectors import LayoutDetector, PatchCore, SceneParser
         from detectors.images import load_image
 
         from .core import MAX_INPUT_SIDE
@@ -344,6 +345,7 @@ class ShippedContext:
             self.context,
             parser=SceneParser.load(self.parser) if self.parser else None,
             structural=PatchCore.load(self.structural) if self.structural else None,
+            layout=LayoutDetector.load(self.layout) if self.layout else None,
             # only agentic mode shows the references to the model; they load from the paths
             reference_images=[] if self.context.zero_shot
             else [load_image(r, max_side=MAX_INPUT_SIDE) for r in self.references],
@@ -357,16 +359,19 @@ def ship_context(ctx: Any, references: list[str], folder: Path) -> ShippedContex
     if not isinstance(ctx, Context):
         return ShippedContext(context=ctx)
     folder.mkdir(parents=True, exist_ok=True)
-    parser_path = structural_path = None
+    parser_path = structural_path = layout_path = None
     if ctx.parser is not None:
         parser_path = folder / "parser.json"
         ctx.parser.save(parser_path)
     if ctx.structural is not None:
         structural_path = folder / "structural"
         ctx.structural.save(structural_path)
-    light = dataclasses.replace(ctx, parser=None, structural=None, reference_images=[])
+    if ctx.layout is not None:
+        layout_path = folder / "layout"
+        ctx.layout.save(layout_path)
+    light = dataclasses.replace(ctx, parser=None, structural=None, layout=None, reference_images=[])
     return ShippedContext(context=light, parser=_as_str(parser_path), structural=_as_str(structural_path),
-                          references=list(references))
+                          layout=_as_str(layout_path), references=list(references))
 
 
 _WORKER: Optional[Scorer] = None

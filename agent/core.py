@@ -50,6 +50,7 @@ class Context:
     refset_hash: str
     parser: Any
     structural: Any = None
+    layout: Any = None
     reference_scenes: list[dict] = field(default_factory=list)
     program: Optional[LogiCodeProgram] = None
     program_path: Optional[Path] = None
@@ -152,13 +153,14 @@ class Agent:
                 return self._contexts[key]
             timings: dict[str, float] = {}
             t0 = time.perf_counter()
-            parser, structural = self._fit_perception(ref_images, refset_hash, structural=not zero_shot)
+            parser, structural, layout = self._fit_perception(ref_images, refset_hash, zero_shot=zero_shot)
             timings["fit_perception"] = time.perf_counter() - t0
             ctx = Context(
                 rules=rules,
                 refset_hash=refset_hash,
                 parser=parser,
                 structural=structural,
+                layout=layout,
                 # In zero-shot mode the only "reference" is the query itself: nothing to compare with.
                 reference_scenes=[] if zero_shot else [s.model_dump(mode="json") for s in parser.reference_scenes],
                 zero_shot=zero_shot,
@@ -173,53 +175,66 @@ class Agent:
                 self._contexts.popitem(last=False)
             return ctx
 
-    def _fit_perception(self, ref_images: list, refset_hash: str, *, structural: bool):
-        from detectors import PatchCore, SceneParser
+    def _fit_perception(self, ref_images: list, refset_hash: str, *, zero_shot: bool):
+        """The fitted (parser, structural, layout) detectors, from the disk cache when it holds them.
+
+        In zero-shot mode the only "reference" is the query itself, so only the parser is fitted:
+        a detector that compares the image with its references would compare it with itself.
+        """
+        from detectors import LayoutDetector, PatchCore, SceneParser
 
         pc = self.config.perception
-        parser_path, structural_path = self.fitted_paths(refset_hash)
-        parser = structural_detector = None
-        if self.config.use_disk_cache and parser_path.exists():
-            try:
-                parser = SceneParser.load(parser_path)
-                if structural and pc.structural and structural_path.exists():
-                    structural_detector = PatchCore.load(structural_path)
-            except Exception as exc:  # a stale or corrupt cache entry is refitted, never fatal
-                log.warning("refitting: cached detectors in %s unusable (%s)", parser_path.parent, exc)
-                parser = structural_detector = None
-        if parser is None:
+        paths = self.fitted_paths(refset_hash)
+        wanted = {"parser": True, "structural": pc.structural and not zero_shot, "layout": pc.layout and not zero_shot}
+        loaders = {"parser": SceneParser.load, "structural": PatchCore.load, "layout": LayoutDetector.load}
+        fitted: dict[str, Any] = {}
+        for name, loader in loaders.items():
+            if wanted[name] and self.config.use_disk_cache and paths[name].exists():
+                try:
+                    fitted[name] = loader(paths[name])
+                except Exception as exc:  # a stale or corrupt cache entry is refitted, never fatal
+                    log.warning("refitting: cached %s detector %s unusable (%s)", name, paths[name], exc)
+        if "parser" not in fitted:
             parser = SceneParser(**pc.parser_kwargs()).fit(ref_images)
             if pc.part_names:
                 parser.set_part_names(pc.part_names)
-            if self.config.use_disk_cache:
-                parser_path.parent.mkdir(parents=True, exist_ok=True)
-                parser.save(parser_path)
-        if structural and pc.structural and structural_detector is None:
-            structural_detector = PatchCore(**pc.patchcore_kwargs()).fit(ref_images)
-            if self.config.use_disk_cache:
-                structural_detector.save(structural_path)
-        return parser, structural_detector
+            fitted["parser"] = parser
+            self._save_fitted(parser, paths["parser"])
+        if wanted["structural"] and "structural" not in fitted:
+            fitted["structural"] = PatchCore(**pc.patchcore_kwargs()).fit(ref_images)
+            self._save_fitted(fitted["structural"], paths["structural"])
+        if wanted["layout"] and "layout" not in fitted:
+            fitted["layout"] = LayoutDetector(**pc.layout_kwargs()).fit(ref_images)
+            self._save_fitted(fitted["layout"], paths["layout"])
+        return fitted["parser"], fitted.get("structural"), fitted.get("layout")
 
-    def fitted_paths(self, refset_hash: str) -> tuple[Path, Path]:
-        """Where the fitted parser and structural detector for a reference set are cached.
+    def _save_fitted(self, detector: Any, path: Path) -> None:
+        if self.config.use_disk_cache:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            detector.save(path)
+
+    def fitted_paths(self, refset_hash: str) -> dict[str, Path]:
+        """Where the fitted detectors for a reference set are cached: ``parser``,
+        ``structural`` and ``layout``.
 
         Each name carries a digest of every setting that changes the fit (backbone, the
         detector's effective arguments, defaults included, and the part names), so changing a
         perception parameter, in the config or in a detector's defaults, never reuses a stale fit.
-        The parser and the structural detector have separate keys: a PatchCore setting does
-        not refit the parser.
+        Each detector has its own key: a PatchCore setting does not refit the parser.
         """
-        from detectors import PatchCore, SceneParser
+        from detectors import LayoutDetector, PatchCore, SceneParser
 
         pc = self.config.perception
         parser_params = _effective_params(SceneParser, pc.parser_kwargs(), skip=("labeler", "part_hints"))
         parser_params["part_names"] = dict(sorted(pc.part_names.items()))
-        # An unfitted PatchCore is cheap (its backbone loads lazily) and resolves the
+        # Unfitted detectors are cheap (their backbone loads lazily) and resolve the
         # backbone-dependent defaults (layers, grid layer) that the signature cannot show.
         structural_params = PatchCore(**pc.patchcore_kwargs()).get_params()
+        layout_params = LayoutDetector(**pc.layout_kwargs()).get_params()
         fitted_dir = self.config.cache_dir / "fitted" / f"{pc.backbone}-{refset_hash}"
-        return (fitted_dir / f"parser-{_digest(parser_params)}.json",
-                fitted_dir / f"structural-{_digest(structural_params)}")
+        return {"parser": fitted_dir / f"parser-{_digest(parser_params)}.json",
+                "structural": fitted_dir / f"structural-{_digest(structural_params)}",
+                "layout": fitted_dir / f"layout-{_digest(layout_params)}"}
 
     def _attach_program(self, ctx: Context) -> None:
         import sandbox
@@ -323,6 +338,9 @@ class Agent:
         structural_result = ctx.structural.score(img) if ctx.structural is not None else None
         timings["structural"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        layout_result = ctx.layout.score(img) if ctx.layout is not None else None
+        timings["layout"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         scene = ctx.parser.parse(img)
         composition = None if ctx.zero_shot else float(ctx.parser.composition_score(scene))
         timings["parse"] = time.perf_counter() - t0
@@ -339,11 +357,17 @@ class Agent:
         timings["logic"] = time.perf_counter() - t0
 
         structural = structural_result.score if structural_result is not None else None
-        score, components = fuse(findings, structural=structural, composition=composition, config=self.config.fusion)
+        layout = layout_result.score if layout_result is not None else None
+        score, components = fuse(findings, structural=structural, composition=composition, layout=layout,
+                                 config=self.config.fusion)
         threshold = self.config.fusion.threshold
         is_anomalous = score >= threshold
         composition_notes = self._composition_notes(ctx, scene) if composition is not None else []
+        layout_note = layout_peak_note(layout_result.peak_xy, scene, ctx.parser.reference_scenes) \
+            if layout_result is not None and layout_result.peak_xy else None
         findings += self._evidence_findings(structural_result, composition, composition_notes, threshold)
+        if layout_result is not None:
+            findings.append(self._layout_finding(layout_result, layout_note, threshold))
         verdict = Verdict(
             score=score,
             is_anomalous=is_anomalous,
@@ -352,7 +376,7 @@ class Agent:
             explanation=explain(
                 [f for f in findings if f.source in RULE_SOURCES], score=score, is_anomalous=is_anomalous,
                 threshold=threshold, components=components, logic_note=logic_note,
-                composition_notes=composition_notes,
+                composition_notes=composition_notes, layout_peak=layout_note,
             ),
             category=ctx.rules.category,
             image=str(name) if name is not None else None,
@@ -450,6 +474,17 @@ class Agent:
             )
         return out
 
+    @staticmethod
+    def _layout_finding(result, note: Optional[str], threshold: float) -> Finding:
+        x, y = result.peak_xy or (0, 0)
+        return Finding(
+            rule_id="layout", rule_text="Every region looks like the same region of the references.",
+            passed=result.score < threshold, expected=f"< {threshold:.2f}", observed=round(result.score, 3),
+            explanation=(note or "layout score")[:300], confidence=1.0, source="layout",
+            evidence=[Region(bbox=(max(0, x - 48), max(0, y - 48), x + 48, y + 48), label="layout peak")]
+            if result.peak_xy else [],
+        )
+
     def _program_info(self, ctx: Context) -> Optional[ProgramInfo]:
         if ctx.program is None:
             return None
@@ -464,9 +499,70 @@ class Agent:
         models = {"scene_parser": f"SceneParser({self.config.perception.backbone})"}
         if ctx.structural is not None:
             models["structural"] = f"PatchCore({self.config.perception.backbone})"
+        if ctx.layout is not None:
+            models["layout"] = f"LayoutDetector({self.config.perception.backbone})"
         if ctx.program is not None:
             models["logicode"] = ctx.program.model_id
         return models
+
+
+#: a component whose box covers this share of the product's box is the carrier the parts lie on
+CARRIER_SHARE = 0.5
+
+
+def _components_at(scene: Any, x_rel: float, y_rel: float) -> list[Any]:
+    """The components of ``scene`` whose box holds the point at (x_rel, y_rel) of the image;
+    carriers (a tray, a bag: their box spans much of the product's) hold every point and are
+    left out."""
+    w, h = scene.image_size
+    x, y = x_rel * w, y_rel * h
+    px0, py0, px1, py1 = scene.product_bbox
+    product = max((px1 - px0) * (py1 - py0), 1)
+    return [c for c in scene.components
+            if (c.bbox[2] - c.bbox[0]) * (c.bbox[3] - c.bbox[1]) < CARRIER_SHARE * product
+            and c.bbox[0] <= x < c.bbox[2] and c.bbox[1] <= y < c.bbox[3]]
+
+
+def _part_words(scene: Any, part_id: str) -> str:
+    part = scene.part(part_id) if hasattr(scene, "part") else None
+    name = getattr(part, "name", None)
+    colour = getattr(part, "color_name", None)
+    return f"{name} ({part_id})" if name else f"{part_id} ({colour})" if colour else part_id
+
+
+def layout_peak_note(peak_xy: tuple[int, int], scene: Any, reference_scenes: Sequence[Any]) -> str:
+    """Where the layout detector sees the largest difference, and which parts the references
+    and this image show there: e.g. ``(812, 230), left middle of the image: the references show
+    p2 (orange) there in 4 of 4 images; this image shows nothing of the parsed parts there``."""
+    w, h = scene.image_size
+    x_rel, y_rel = peak_xy[0] / max(w, 1), peak_xy[1] / max(h, 1)
+    horizontal = "left" if x_rel < 1 / 3 else "right" if x_rel > 2 / 3 else "centre"
+    vertical = "top" if y_rel < 1 / 3 else "bottom" if y_rel > 2 / 3 else "middle"
+    note = f"({peak_xy[0]}, {peak_xy[1]}), {vertical} {horizontal} of the image"
+    seen: dict[str, int] = {}
+    for ref in reference_scenes:
+        for pid in {c.part for c in _components_at(ref, x_rel, y_rel)}:
+            seen[pid] = seen.get(pid, 0) + 1
+    here = sorted({c.part for c in _components_at(scene, x_rel, y_rel)})
+    n = len(reference_scenes)
+    usual = [p for p, k in sorted(seen.items(), key=lambda kv: -kv[1]) if k * 2 > n]
+    if not n:
+        return note
+    if usual:
+        note += "; the references show " + ", ".join(f"{_part_words(scene, p)} in {seen[p]} of {n}" for p in usual)
+    else:
+        note += "; the references show none of the parsed parts there consistently"
+    missing = [p for p in usual if p not in here]
+    extra = [p for p in here if p not in usual]
+    if missing:
+        note += "; this image lacks " + ", ".join(_part_words(scene, p) for p in missing) + " there"
+    if extra:
+        note += "; this image shows " + ", ".join(_part_words(scene, p) for p in extra) + " there instead"
+    if not usual and not here:
+        note += " nor does this image: the difference lies in a surface or a detail the parse does not separate"
+    elif not missing and not extra:
+        note += "; this image shows the same parts there, looking different"
+    return note
 
 
 def _effective_params(cls: type, kwargs: dict, skip: tuple[str, ...] = ()) -> dict:

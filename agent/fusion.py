@@ -13,6 +13,23 @@ seeds, 4 references, no LogiCode) the structural AUROC of the fused score rose f
 0.55-0.58 (maximum) to 0.68-0.70 (power 0.5) and the logical AUROC from 0.59-0.63 to
 0.61-0.66, and the share of good images above the threshold fell from 50-60 % to 5-12 %.
 A single detector far beyond its edge still crosses the threshold on its own.
+
+The layout detector (each region against the same region of the references) joined as a
+third source, and the composition score's weight fell to 0.25. Without rules, 4
+references, two seeds, 10 good / 10 logical / 6 structural images per category (power 0.5):
+
+================================  =============  ================  ==============
+weights (structural, composition,  logical AUROC  structural AUROC  good >= 0.5
+layout)
+================================  =============  ================  ==============
+1, 1, 0 (before)                   0.58           0.66              23 %
+1, 1, 1                            0.69           0.68              11 %
+1, 0.25, 1 (default)               0.73           0.72               3 %
+1, 0, 1                            0.73           0.74               3 %
+================================  =============  ================  ==============
+
+On the real juice_bottle slice (4 references, 16 good, 11 logical) the same weights give a
+logical AUROC of 0.78, 0.91, 0.94 and 0.94.
 """
 
 from __future__ import annotations
@@ -35,16 +52,17 @@ def fuse(
     structural: Optional[float],
     composition: Optional[float],
     config: FusionConfig,
+    layout: Optional[float] = None,
 ) -> tuple[float, dict[str, float]]:
     """Return ``(score, component scores)``, all in [0, 1]."""
     components: dict[str, float] = {}
     weighted: list[tuple[float, float]] = []
-    if structural is not None:
-        components["structural"] = float(structural)
-        weighted.append((config.weight_structural, float(structural)))
-    if composition is not None:
-        components["composition"] = float(composition)
-        weighted.append((config.weight_composition, float(composition)))
+    for name, value, weight in (("structural", structural, config.weight_structural),
+                                ("composition", composition, config.weight_composition),
+                                ("layout", layout, config.weight_layout)):
+        if value is not None:
+            components[name] = float(value)
+            weighted.append((weight, float(value)))
     evidence = detector_evidence(weighted, power=config.power)
 
     logic = [f for f in findings if f.source in RULE_SOURCES]
@@ -104,6 +122,7 @@ def explain(
     components: dict[str, float],
     logic_note: str = "",
     composition_notes: Sequence[str] = (),
+    layout_peak: Optional[str] = None,
 ) -> str:
     head = (
         f"{'ANOMALOUS' if is_anomalous else 'Normal'} (score {score:.2f}, threshold {threshold:.2f})."
@@ -119,6 +138,11 @@ def explain(
     structural = components.get("structural")
     if structural is not None and structural >= threshold:
         lines.append(f"The structural detector sees a local defect (score {structural:.2f}).")
+    layout = components.get("layout")
+    if layout is not None and layout >= threshold:
+        where = f" around {layout_peak}" if layout_peak else ""
+        lines.append(f"The arrangement differs from the references{where}: a part is missing, extra, moved "
+                     f"or different there (layout score {layout:.2f}).")
     composition = components.get("composition")
     if composition is not None and composition >= threshold:
         lines.append(f"The mix of parts deviates from the references (composition score {composition:.2f}).")

@@ -37,7 +37,7 @@ class Finding(BaseModel):
     explanation: str = Field(default="", description="one sentence")
     confidence: float = Field(default=1.0, ge=0.0, le=1.0)
     evidence: list[Region] = Field(default_factory=list)
-    source: Literal["logicode", "composition", "structural", "model", "unavailable"] = "logicode"
+    source: Literal["logicode", "composition", "structural", "layout", "model", "unavailable"] = "logicode"
 
 
 class ProgramInfo(BaseModel):

@@ -101,7 +101,7 @@ def test_broken_model_output_falls_back_without_crashing(screw_bag, tmp_path):
     assert model.calls == 4 * 2  # every rule: one try and one repair
     assert not v.logic_available
     assert "Logic check unavailable" in v.logic_note and "contains no Python code" in v.logic_note
-    assert {f.source for f in v.findings} == {"structural", "composition"}
+    assert {f.source for f in v.findings} == {"structural", "composition", "layout"}
     assert 0.0 <= v.score <= 1.0
 
 
@@ -150,13 +150,16 @@ def test_fitted_cache_is_keyed_by_the_detectors_settings(tmp_path):
         return Agent(AgentConfig(cache_dir=tmp_path, perception=PerceptionConfig(**perception)),
                      chat_model=CountingModel(), model_id="counting-fake").fitted_paths("refs")
 
-    parser, structural = paths()
-    assert paths() == (parser, structural)
-    # a PatchCore setting refits PatchCore only; a parser setting refits the parser only
-    assert paths(patchcore={"sigma": 2.0})[0] == parser and paths(patchcore={"sigma": 2.0})[1] != structural
-    assert paths(parser={"max_parts": 6})[0] != parser and paths(parser={"max_parts": 6})[1] == structural
-    assert paths(parser={"deep_features": True})[0] != parser
-    assert paths(part_names={"p1": "screw"})[0] != parser
+    base = paths()
+    assert paths() == base
+    # a detector's setting refits that detector only
+    changed = {"patchcore": {"sigma": 2.0}, "parser": {"max_parts": 6}, "layout_detector": {"window": 1}}
+    owner = {"patchcore": "structural", "parser": "parser", "layout_detector": "layout"}
+    for setting, value in changed.items():
+        other = paths(**{setting: value})
+        assert {k for k in base if other[k] != base[k]} == {owner[setting]}
+    assert paths(parser={"deep_features": True})["parser"] != base["parser"]
+    assert paths(part_names={"p1": "screw"})["parser"] != base["parser"]
 
 
 def test_one_model_timeout():
@@ -186,3 +189,21 @@ def test_a_prepared_context_ships_to_another_process_as_files_and_data(agent, sc
     here, there = agent.run_prepared(ctx, image), agent.run_prepared(unpacked, image)
     assert there.score == here.score and there.findings == here.findings
     assert len(unpacked.reference_images) == len(refs)
+
+
+def test_layout_peak_note_says_which_part_the_references_show_there():
+    from agent.core import layout_peak_note
+    from detectors import LayoutDetector, SceneParser
+    from tests.test_layout import tray
+
+    refs = [tray(s) for s in range(4)]
+    parser = SceneParser().fit(refs)
+    layout = LayoutDetector(image_size=160, window=1).fit(refs)
+    missing = tray(11, skip=0)
+    result = layout.score(missing)
+    note = layout_peak_note(result.peak_xy, parser.parse(missing), parser.reference_scenes)
+    assert "top left of the image" in note and "in 4 of 4" in note and "this image lacks" in note
+    moved = tray(12, move=(150, 130))
+    result = layout.score(moved)
+    note = layout_peak_note(result.peak_xy, parser.parse(moved), parser.reference_scenes)
+    assert "bottom right" in note and "there instead" in note

@@ -19,7 +19,7 @@ def test_confident_failed_rule_crosses_the_threshold_and_evidence_orders():
 
 
 def test_passing_rules_leave_the_detector_evidence():
-    cfg = FusionConfig()
+    cfg = FusionConfig(weight_composition=1.0)  # two detectors of equal weight
     score, _ = fuse([_f("r1", True)], structural=0.5, composition=0.5, config=cfg)
     assert abs(score - 0.5) < 1e-9  # both detectors at their references' edge: at the threshold
     score, _ = fuse([_f("r1", True)], structural=0.3, composition=0.45, config=cfg)
@@ -51,9 +51,20 @@ def test_weights_and_missing_sources():
     # weight 0 leaves a detector out of the score (it is still reported)
     score, comps = fuse([], structural=0.8, composition=0.1, config=FusionConfig(weight_composition=0.0))
     assert abs(score - 0.8) < 1e-9 and comps["composition"] == 0.1
-    trusted = fuse([], structural=0.8, composition=0.1, config=FusionConfig(weight_composition=0.2))[0]
+    trusted = fuse([], structural=0.8, composition=0.1, config=FusionConfig(weight_composition=0.1))[0]
     assert trusted > fuse([], structural=0.8, composition=0.1, config=FusionConfig())[0]
     assert fuse([], structural=None, composition=None, config=FusionConfig())[0] == 0.0
+
+
+def test_the_layout_detector_is_a_third_evidence_source():
+    cfg = FusionConfig()
+    score, comps = fuse([], structural=0.2, composition=0.2, layout=0.95, config=cfg)
+    assert comps["layout"] == 0.95 and score > 0.5  # far beyond its edge: it decides on its own
+    assert fuse([], structural=0.2, composition=0.2, layout=0.3, config=cfg)[0] < 0.5
+    assert fuse([], structural=0.2, composition=0.2, config=cfg)[1].keys() == {"structural", "composition"}
+    text = explain([], score=score, is_anomalous=True, threshold=0.5, components=comps,
+                   layout_peak="(40, 40), top left of the image; this image lacks p2 (orange) there")
+    assert "arrangement differs" in text and "lacks p2 (orange)" in text
 
 
 def test_explanation_names_the_failed_rule_with_values():
