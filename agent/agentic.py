@@ -25,6 +25,8 @@ _TOOL_HINTS = {
     "structural_score": "structural_score gives a calibrated score in [0, 1] for scratches, dents and contamination",
     "composition_score": "composition_score gives a calibrated score in [0, 1] for how far the mix of parts lies "
                          "from the references",
+    "layout_score": "layout_score gives a calibrated score in [0, 1] for where the arrangement differs from the "
+                    "references (a missing, extra or moved part)",
 }
 
 
@@ -65,14 +67,15 @@ def logicode_tool(*, scene_json: dict, reference_scenes: list[dict], run_program
 
 
 def build_tools(*, scene: Any, ctx: Any, structural_result: Any, composition: float | None,
-                run_program: Callable[..., Any]) -> list[BaseTool]:
+                run_program: Callable[..., Any], layout_result: Any = None) -> list[BaseTool]:
     """Tools bound to one image's perception (computed once by the agent, served on request):
     the detectors' own tools (:func:`detectors.tools.bound_tools`) plus run_logicode."""
     from detectors.tools import bound_tools
 
     report = getattr(ctx.parser, "composition_report", None)
     deviations = report(scene) if composition is not None and callable(report) else []
-    tools = bound_tools(scene=scene, structural=structural_result, composition=composition, deviations=deviations)
+    tools = bound_tools(scene=scene, structural=structural_result, composition=composition, deviations=deviations,
+                        layout=layout_result)
     tools.append(logicode_tool(scene_json=scene.model_dump(mode="json"), reference_scenes=ctx.reference_scenes,
                                run_program=run_program))
     return tools

@@ -348,7 +348,8 @@ class Agent:
         t0 = time.perf_counter()
         trace: list = []
         if self.config.mode == "agentic":
-            findings, trace, logic_note = self._agentic_findings(ctx, img, scene, structural_result, composition)
+            findings, trace, logic_note = self._agentic_findings(ctx, img, scene, structural_result, composition,
+                                                                 layout_result)
             if not findings:  # the model gave nothing usable: the validated program still stands
                 findings, pipeline_note = self._logic_findings(ctx, scene)
                 logic_note = " ".join(n for n in (logic_note, pipeline_note) if n)
@@ -425,13 +426,13 @@ class Agent:
             )
         return findings, note
 
-    def _agentic_findings(self, ctx: Context, img, scene, structural_result, composition):
+    def _agentic_findings(self, ctx: Context, img, scene, structural_result, composition, layout_result=None):
         from prompts.multimodal import build_inspection_messages
 
         from .agentic import build_tools, run_agentic
 
         tools = build_tools(scene=scene, ctx=ctx, structural_result=structural_result,
-                            composition=composition, run_program=self._run_sandboxed)
+                            composition=composition, run_program=self._run_sandboxed, layout_result=layout_result)
         messages = build_inspection_messages(
             ctx.rules, img, ctx.reference_images, scene_text=scene,
             reference_scene_text=ctx.parser.describe_parts(), mode="images",

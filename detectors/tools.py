@@ -254,6 +254,13 @@ STRUCTURAL_DESCRIPTION = (
     "'score' in [0, 1] (0.5 = threshold), 'is_anomalous', 'peak_xy' and 'regions' "
     "(bounding boxes of the anomalous areas). It cannot count parts: use parse_scene for that."
 )
+LAYOUT_DESCRIPTION = (
+    "Layout anomaly score of an image: each region compared with the same region of the normal "
+    "references, so a missing, extra, moved or swapped part stands out even when every part looks "
+    "perfect. Returns JSON with 'score' in [0, 1] (0.5 = threshold), 'is_anomalous', 'peak_xy' "
+    "(where the arrangement differs most) and 'regions'. It says where, not what: use parse_scene "
+    "to see which part is there."
+)
 PARSE_DESCRIPTION = (
     "Parse an image into the product's parts: for each part its id, name (if known), colour, "
     "count and total area next to the normal references' statistics, and each connected "
@@ -302,7 +309,7 @@ def detector_score_tool(detector: Detector, name: str | None = None, description
 
 def detector_tools(structural: Detector | None = None, parser: SceneParserLike | None = None,
                    clip_detectors: Sequence[Detector] | Mapping[str, Detector] | None = None,
-                   cache_size: int = 4) -> list[BaseTool]:
+                   cache_size: int = 4, layout: Detector | None = None) -> list[BaseTool]:
     """LangChain tools for the fitted detectors given (at least one is required).
 
     - ``structural_score`` (``structural``, e.g. a fitted :class:`~detectors.patchcore.PatchCore`):
@@ -310,10 +317,12 @@ def detector_tools(structural: Detector | None = None, parser: SceneParserLike |
     - ``parse_scene`` and ``composition_score`` (``parser``, e.g. a fitted
       :class:`~detectors.parsing.SceneParser`): parts, counts, geometry and the rules-free
       composition score;
+    - ``layout_score`` (``layout``, e.g. a fitted :class:`~detectors.layout.LayoutDetector`):
+      where the arrangement differs from the references';
     - ``<name>_score`` for each of ``clip_detectors`` (a list, or a mapping name -> detector).
     """
-    if structural is None and parser is None and not clip_detectors:
-        raise ValueError("detector_tools needs at least one of structural, parser or clip_detectors.")
+    if structural is None and parser is None and layout is None and not clip_detectors:
+        raise ValueError("detector_tools needs at least one of structural, parser, layout or clip_detectors.")
     if parser is not None and not isinstance(parser, SceneParserLike):
         raise TypeError(
             f"parser must provide parse(image) -> Scene and composition_score(scene) -> float; "
@@ -359,6 +368,8 @@ def detector_tools(structural: Detector | None = None, parser: SceneParserLike |
 
         tools.append(_make_tool(parse_scene, "parse_scene", PARSE_DESCRIPTION, Scene))
         tools.append(_make_tool(composition_score, "composition_score", COMPOSITION_DESCRIPTION, CompositionOutput))
+    if layout is not None:
+        tools.append(detector_score_tool(layout, name="layout_score", description=LAYOUT_DESCRIPTION))
     if clip_detectors:
         items = clip_detectors.items() if isinstance(clip_detectors, Mapping) else \
             [(d.name, d) for d in clip_detectors]
@@ -373,7 +384,7 @@ def detector_tools(structural: Detector | None = None, parser: SceneParserLike |
 
 def bound_tools(*, scene: Scene | None = None, structural: AnomalyResult | None = None,
                 composition: float | None = None, deviations: Sequence[Any] = (),
-                max_deviations: int = 5) -> list[BaseTool]:
+                max_deviations: int = 5, layout: AnomalyResult | None = None) -> list[BaseTool]:
     """The detector tools for one image whose perception has already run.
 
     An agent that has parsed and scored the image under inspection (``Agent.run_prepared``)
@@ -382,10 +393,10 @@ def bound_tools(*, scene: Scene | None = None, structural: AnomalyResult | None 
     input (:class:`NoArgs`): they are bound to that one image. A tool is built only for the
     results given: ``structural_score`` for ``structural``, ``parse_scene`` for ``scene``,
     ``composition_score`` for ``composition`` (with the first ``max_deviations`` of
-    ``deviations``, e.g. ``parser.composition_report(scene)``).
+    ``deviations``, e.g. ``parser.composition_report(scene)``), ``layout_score`` for ``layout``.
     """
-    if scene is None and structural is None and composition is None:
-        raise ValueError("bound_tools needs at least one of scene, structural or composition.")
+    if scene is None and structural is None and composition is None and layout is None:
+        raise ValueError("bound_tools needs at least one of scene, structural, composition or layout.")
     tools: list[BaseTool] = []
     if structural is not None:
         structural_json = _to_output(structural).model_dump(mode="json")
@@ -398,6 +409,10 @@ def bound_tools(*, scene: Scene | None = None, structural: AnomalyResult | None 
         composition_json = _composition_output(float(composition), deviations, top=max_deviations)
         tools.append(_make_tool(lambda: composition_json, "composition_score", COMPOSITION_DESCRIPTION + _BOUND_NOTE,
                                 CompositionOutput, NoArgs))
+    if layout is not None:
+        layout_json = _to_output(layout).model_dump(mode="json")
+        tools.append(_make_tool(lambda: layout_json, "layout_score", LAYOUT_DESCRIPTION + _BOUND_NOTE,
+                                AnomalyScoreOutput, NoArgs))
     return tools
 
 

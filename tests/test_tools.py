@@ -206,5 +206,19 @@ def test_bound_tools_serve_one_image_s_results_without_arguments(patchcore, imag
     assert comp.score == 0.8 and comp.is_anomalous and comp.deviations[0].quantity == "count"
     assert parser.parse_calls == 1  # nothing is recomputed
     assert [t.name for t in bound_tools(scene=scene)] == ["parse_scene"]
+    layout = AnomalyResult(detector="layout", score=0.9, raw_score=1.2, calibrated=True, peak_xy=(30, 40))
+    served = AnomalyScoreOutput.model_validate(bound_tools(layout=layout)[0].invoke({}))
+    assert served.score == 0.9 and served.is_anomalous and served.peak_xy == (30, 40)
     with pytest.raises(ValueError, match="at least one"):
         bound_tools()
+
+
+def test_layout_tool_scores_the_arrangement(images):
+    from detectors import LayoutDetector
+
+    layout = LayoutDetector(image_size=SIZE, window=1).fit([textured(s) for s in range(3)])
+    tool = by_name(detector_tools(layout=layout))["layout_score"]
+    assert tool.args_schema is ImageArgs and "same region" in tool.description
+    good = AnomalyScoreOutput.model_validate(tool.invoke({"image_path": str(images["good"])}))
+    bad = AnomalyScoreOutput.model_validate(tool.invoke({"image_path": str(images["defect"])}))
+    assert bad.score > good.score and bad.is_anomalous
