@@ -17,6 +17,14 @@ No arguments. It renders its own synthetic set with a fixed seed (``SynthGenerat
   448-pixel features do not match its 320, so it computes its own: fit and parse stay consistent);
 - peak_rss_mb: the process's peak resident memory.
 
+Before it, a line for the layout detector (each region against the same region of the
+references) and for the agent's rules-free fused score (``agent.fusion.detector_evidence``
+of the structural, composition and layout scores with the default ``FusionConfig`` weights)::
+
+    detectors (layout, fused): layout_logical_auroc=X fused_logical_auroc=Y fused_structural_auroc=Z
+
+seconds_per_image covers all three detectors (parse, structural and layout score).
+
 Then the same figures on the real ``/work/shared/loco/juice_bottle`` slice when present: 4
 references, the other 16 train images as good, and the 11 logical anomalies (there are no
 structural anomalies in that slice, so its structural AUROC is of PatchCore on the logical ones).
@@ -36,13 +44,18 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detectors.data.synth import CATEGORIES, SynthGenerator, full_size  # noqa: E402
+from agent.config import FusionConfig  # noqa: E402
+from agent.fusion import detector_evidence  # noqa: E402
 from detectors.images import load_image  # noqa: E402
+from detectors.layout import LayoutDetector  # noqa: E402
 from detectors.parsing import SceneParser  # noqa: E402
 from detectors.patchcore import PatchCore  # noqa: E402
 
+FUSION = FusionConfig()
+
 SEED = 20240611
 SHOTS = 4
-N_GOOD, N_LOGICAL, N_STRUCTURAL = 6, 6, 6
+N_GOOD, N_LOGICAL, N_STRUCTURAL = 10, 10, 6
 N_TIMED = 2
 SCALE = 0.5
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -52,8 +65,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+class Scores(tuple):
+    """(structural, composition, layout, scene) of one image, with the fused rules-free score."""
+
+    @property
+    def fused(self) -> float:
+        structural, composition, layout, _ = self
+        return detector_evidence([(FUSION.weight_structural, structural), (FUSION.weight_composition, composition),
+                                  (FUSION.weight_layout, layout)], power=FUSION.power)
+
+
 class Pipeline:
-    """PatchCore and SceneParser fitted on the same references, sharing backbone features."""
+    """PatchCore, SceneParser and LayoutDetector fitted on the same references; PatchCore and
+    the parser share backbone features."""
 
     def __init__(self, refs):
         self.patchcore = PatchCore(seed=0)
@@ -63,6 +87,7 @@ class Pipeline:
         feats = [self.features(r) for r in refs]
         self.patchcore.fit(refs, features=feats)
         self.parser = SceneParser().fit(refs)
+        self.layout = LayoutDetector().fit(refs)
 
     def features(self, image):
         return self.backbone.extract(image, size=self.size, layers=self.layers)
@@ -72,7 +97,8 @@ class Pipeline:
         fm = self.features(img)
         structural = self.patchcore.score(features=fm)
         scene = self.parser.parse(img, features=fm)
-        return structural.score, self.parser.composition_score(scene), scene
+        layout = self.layout.score(img)
+        return Scores((structural.score, self.parser.composition_score(scene), layout.score, scene))
 
 
 def _auroc(neg, pos) -> float:
@@ -107,15 +133,24 @@ def _map_parts(parser: SceneParser, samples) -> dict[str, str]:
     return mapping
 
 
+def _column(scores: list[Scores], i: int) -> list[float]:
+    return [float(x[i]) for x in scores]
+
+
+def _fused(scores: list[Scores]) -> list[float]:
+    return [x.fused for x in scores]
+
+
 def bench_synthetic():
-    struct_aucs, comp_aucs, count_hits, count_total, times = [], [], 0, 0, []
+    aucs: dict[str, list[float]] = {k: [] for k in ("structural", "composition", "layout", "fused_l", "fused_s")}
+    count_hits, count_total, times = 0, 0, []
     for cat in CATEGORIES:
         gen = SynthGenerator(cat, seed=SEED, scale=SCALE)
         refs = [gen.sample(i, "good") for i in range(SHOTS)]
         pipe = Pipeline([r.image for r in refs])
         mapping = _map_parts(pipe.parser, refs)
         full = full_size(cat)
-        good_s, good_c = [], []
+        good: list[Scores] = []
         hits = total = 0
         for i in range(SHOTS, SHOTS + N_GOOD):
             s = gen.sample(i, "good")
@@ -124,25 +159,30 @@ def bench_synthetic():
                 t0 = time.perf_counter()
                 pipe.run(big)
                 times.append(time.perf_counter() - t0)
-            st, comp, scene = pipe.run(s.image)
-            good_s.append(st)
-            good_c.append(comp)
-            counts = scene.counts()
+            good.append(pipe.run(s.image))
+            counts = good[-1][3].counts()
             for name, n in s.part_counts.items():
                 total += 1
                 hits += int(name in mapping and counts.get(mapping[name]) == n)
-        logical_c = [pipe.run(gen.sample(i, "logical").image)[1] for i in range(N_LOGICAL)]
-        struct_s = [pipe.run(gen.sample(i, "structural").image)[0] for i in range(N_STRUCTURAL)]
-        sa, ca = _auroc(good_s, struct_s), _auroc(good_c, logical_c)
-        struct_aucs.append(sa)
-        comp_aucs.append(ca)
+        logical = [pipe.run(gen.sample(i, "logical").image) for i in range(N_LOGICAL)]
+        structural = [pipe.run(gen.sample(i, "structural").image) for i in range(N_STRUCTURAL)]
+        row = {
+            "structural": _auroc(_column(good, 0), _column(structural, 0)),
+            "composition": _auroc(_column(good, 1), _column(logical, 1)),
+            "layout": _auroc(_column(good, 2), _column(logical, 2)),
+            "fused_l": _auroc(_fused(good), _fused(logical)),
+            "fused_s": _auroc(_fused(good), _fused(structural)),
+        }
+        for k, v in row.items():
+            aucs[k].append(v)
         count_hits += hits
         count_total += total
-        print(f"  {cat}: structural_auroc={sa:.3f} composition_auroc={ca:.3f} "
-              f"count_accuracy={hits / max(total, 1):.3f} parts={len(pipe.parser.part_ids())} "
-              f"mapping={mapping}", flush=True)
-    return (float(np.mean(struct_aucs)), float(np.mean(comp_aucs)), count_hits / max(count_total, 1),
-            float(np.mean(times)))
+        print(f"  {cat}: structural_auroc={row['structural']:.3f} composition_auroc={row['composition']:.3f} "
+              f"count_accuracy={hits / max(total, 1):.3f} layout_logical_auroc={row['layout']:.3f} "
+              f"fused_logical_auroc={row['fused_l']:.3f} fused_structural_auroc={row['fused_s']:.3f} "
+              f"parts={len(pipe.parser.part_ids())} mapping={mapping}", flush=True)
+    means = {k: float(np.mean(v)) for k, v in aucs.items()}
+    return means, count_hits / max(count_total, 1), float(np.mean(times))
 
 
 def bench_juice():
@@ -153,29 +193,29 @@ def bench_juice():
     train = sorted((root / "train" / "good").glob("*.png"))
     bad = sorted((root / "test" / "logical_anomalies").glob("*.png"))
     pipe = Pipeline(train[:SHOTS])
-    times, good_s, good_c, bad_s, bad_c = [], [], [], [], []
+    times, good, anomalous = [], [], []
     for path in train[SHOTS:]:
         t0 = time.perf_counter()
-        st, comp, _ = pipe.run(path)
+        good.append(pipe.run(path))
         times.append(time.perf_counter() - t0)
-        good_s.append(st)
-        good_c.append(comp)
-    for path in bad:
-        st, comp, _ = pipe.run(path)
-        bad_s.append(st)
-        bad_c.append(comp)
-    print(f"juice_bottle (real, {SHOTS} refs, {len(good_c)} good, {len(bad_c)} logical): "
-          f"structural_auroc(logical)={_auroc(good_s, bad_s):.3f} composition_auroc={_auroc(good_c, bad_c):.3f} "
+    anomalous = [pipe.run(path) for path in bad]
+    print(f"juice_bottle (real, {SHOTS} refs, {len(good)} good, {len(anomalous)} logical): "
+          f"structural_auroc(logical)={_auroc(_column(good, 0), _column(anomalous, 0)):.3f} "
+          f"composition_auroc={_auroc(_column(good, 1), _column(anomalous, 1)):.3f} "
+          f"layout_logical_auroc={_auroc(_column(good, 2), _column(anomalous, 2)):.3f} "
+          f"fused_logical_auroc={_auroc(_fused(good), _fused(anomalous)):.3f} "
           f"seconds_per_image={np.mean(times):.3f} peak_rss_mb={peak_rss_mb():.0f}", flush=True)
 
 
 def main() -> None:
     t0 = time.time()
     bench_juice()
-    sa, ca, acc, spi = bench_synthetic()
+    means, acc, spi = bench_synthetic()
     print(f"(total {time.time() - t0:.0f} s)")
-    print(f"detectors: structural_auroc={sa:.3f} composition_auroc={ca:.3f} count_accuracy={acc:.3f} "
-          f"seconds_per_image={spi:.3f} peak_rss_mb={peak_rss_mb():.0f}")
+    print(f"detectors (layout, fused): layout_logical_auroc={means['layout']:.3f} "
+          f"fused_logical_auroc={means['fused_l']:.3f} fused_structural_auroc={means['fused_s']:.3f}")
+    print(f"detectors: structural_auroc={means['structural']:.3f} composition_auroc={means['composition']:.3f} "
+          f"count_accuracy={acc:.3f} seconds_per_image={spi:.3f} peak_rss_mb={peak_rss_mb():.0f}")
 
 
 if __name__ == "__main__":

@@ -533,6 +533,8 @@ class SceneParser:
                        for ref in {r for r, _ in items}]
             floor = max(float(self._min_px), MIN_AREA_OF_LARGEST * float(np.median(largest)))
             keep = [i for i in range(len(items)) if areas[i] >= floor]
+            if not keep:  # every piece of this colour is a speck below the smallest component kept
+                continue
             cluster_share = areas[keep].sum() / max(fg_area, 1.0)
             X = np.stack([_scaled(items[i][1]) for i in keep])
             refs_of = np.array([items[i][0] for i in keep])
