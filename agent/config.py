@@ -103,8 +103,8 @@ class FusionConfig(BaseModel):
     #: relative trust in each detector (0 leaves it out of the score; it is still reported)
     weight_structural: float = Field(default=1.0, ge=0.0, le=1.0)
     # the parse's composition score is near chance on the synthetic set with more than a few
-    # images (AUROC 0.55, two seeds, 10 good vs 10 logical per category) and it flags good images:
-    # it speaks, but softly (see agent.fusion for the figures)
+    # images (AUROC 0.55-0.58, two seeds, 10 good vs 10 logical per category): it speaks, but
+    # softly (see agent.fusion for the figures)
     weight_composition: float = Field(default=0.25, ge=0.0, le=1.0)
     weight_layout: float = Field(default=1.0, ge=0.0, le=1.0)
     power: float = Field(

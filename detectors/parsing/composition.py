@@ -168,12 +168,12 @@ class CompositionScorer:
         self.loo_scores = []
         if len(quantities) >= 3:
             for i in range(len(quantities)):
+                # the left-out scene is scored as a new image is: against the others' statistics
+                # alone. (Flooring their spread at the spread of all references, as an earlier
+                # version did, let each scene shrink its own z-scores; new images then scored
+                # above the edge that normal references set: 64 % of good synthetic images
+                # crossed 0.5, against 13 % now.)
                 others = _fit_stats(quantities[:i] + quantities[i + 1:])
-                # the spread of three or four values is itself noisy: never let leaving one out
-                # shrink it below the spread of all references
-                for p, stds in others.std.items():
-                    for k in stds:
-                        stds[k] = max(stds[k], self._model.std.get(p, {}).get(k, 0.0))
                 z = np.array([d.z for d in _deviations(quantities[i], others)])
                 self.loo_scores.append(_soft_max(z))
         if self.loo_scores:

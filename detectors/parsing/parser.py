@@ -48,7 +48,8 @@ from ..schema import Component, Part, Scene, Stats
 from .colors import color_name, rgb_to_lab
 from .composition import CompositionScorer, Deviation
 
-FORMAT_VERSION = 1
+#: 2: the composition scorer's leave-one-out calibration changed; older fits are refitted
+FORMAT_VERSION = 2
 #: lightness is noisier than hue under shading and specular highlights
 LIGHTNESS_WEIGHT = 0.4
 #: blur (downscaled pixels) before clustering: shading and texture speckle stay inside a part
