@@ -23,6 +23,7 @@ from detectors.images import ImageInput, load_image
 from prompts.rules import NormalityRules, RulesInput, load_rules
 
 from .config import AgentConfig
+from .evidence import LayoutPeak, linked_rule_findings
 from .fusion import RULE_SOURCES, explain, fuse
 from .logicode import LogiCodeGenerator, LogiCodeProgram, ProgramCache, assemble, program_key, validate_pinned
 from .schema import Finding, ProgramInfo, Region, Verdict
@@ -264,14 +265,14 @@ class Agent:
         key = program_key(ctx.rules, ctx.refset_hash + ("-zs" if ctx.zero_shot else ""), sandbox.API_VERSION,
                           model_id, parts_table)
         program = self._programs.get(key)
+        generator = LogiCodeGenerator(
+            self._chat,
+            run=self._run_sandboxed,
+            check_source=sandbox.check_source,
+            api_reference=sandbox.API_REFERENCE,
+            repair_rounds=self.config.repair_rounds,
+        )
         if program is None:
-            generator = LogiCodeGenerator(
-                self._chat,
-                run=self._run_sandboxed,
-                check_source=sandbox.check_source,
-                api_reference=sandbox.API_REFERENCE,
-                repair_rounds=self.config.repair_rounds,
-            )
             try:
                 program = generator.generate(
                     ctx.rules, parts_table=parts_table, reference_scenes=ctx.reference_scenes,
@@ -289,6 +290,11 @@ class Agent:
             else:
                 self._programs.put(program)
         else:
+            if program.rule_parts is None:  # cached before programs carried the rules' parts
+                scenes = [sc.model_dump(mode="json") for sc in ctx.parser.reference_scenes]
+                program.rule_parts = generator.ground(ctx.rules, parts_table=parts_table,
+                                                      part_ids=[p["id"] for p in scenes[0]["parts"]] if scenes else [])
+                self._programs.put(program)
             program = program.model_copy(update={"origin": "cached"})
         ctx.program = program
         ctx.program_path = self._programs.path_of(key)
@@ -297,7 +303,7 @@ class Agent:
             ctx.logic_note = (
                 f"Logic check unavailable for rule(s) {', '.join(program.unavailable)} "
                 f"after {1 + self.config.repair_rounds} attempts ({reasons[:400]}); "
-                "the composition and structural scores cover them."
+                "the detectors (structural, layout, composition) cover them."
             )
 
     def _run_sandboxed(self, source: str, entrypoint: str, args: dict):
@@ -364,11 +370,22 @@ class Agent:
         threshold = self.config.fusion.threshold
         is_anomalous = score >= threshold
         composition_notes = self._composition_notes(ctx, scene) if composition is not None else []
-        layout_note = layout_peak_note(layout_result.peak_xy, scene, ctx.parser.reference_scenes) \
+        peak = LayoutPeak.locate(layout_result.peak_xy, scene, ctx.parser.reference_scenes) \
             if layout_result is not None and layout_result.peak_xy else None
+        layout_note = peak.sentence(scene) if peak is not None else None
+        linked = []
+        if is_anomalous and ctx.program is not None and ctx.program.rule_parts:
+            linked = linked_rule_findings(
+                ctx.rules, ctx.program.rule_parts, scene=scene,
+                judged={f.rule_id for f in findings if f.source in RULE_SOURCES},
+                deviations=ctx.parser.composition_report(scene) if composition is not None
+                and composition >= threshold else [],
+                layout_peak=peak if layout is not None and layout >= threshold else None,
+            )
         findings += self._evidence_findings(structural_result, composition, composition_notes, threshold)
         if layout_result is not None:
             findings.append(self._layout_finding(layout_result, layout_note, threshold))
+        findings += linked
         verdict = Verdict(
             score=score,
             is_anomalous=is_anomalous,
@@ -377,7 +394,7 @@ class Agent:
             explanation=explain(
                 [f for f in findings if f.source in RULE_SOURCES], score=score, is_anomalous=is_anomalous,
                 threshold=threshold, components=components, logic_note=logic_note,
-                composition_notes=composition_notes, layout_peak=layout_note,
+                composition_notes=composition_notes, layout_peak=layout_note, linked=linked,
             ),
             category=ctx.rules.category,
             image=str(name) if name is not None else None,
@@ -505,65 +522,6 @@ class Agent:
         if ctx.program is not None:
             models["logicode"] = ctx.program.model_id
         return models
-
-
-#: a component whose box covers this share of the product's box is the carrier the parts lie on
-CARRIER_SHARE = 0.5
-
-
-def _components_at(scene: Any, x_rel: float, y_rel: float) -> list[Any]:
-    """The components of ``scene`` whose box holds the point at (x_rel, y_rel) of the image;
-    carriers (a tray, a bag: their box spans much of the product's) hold every point and are
-    left out."""
-    w, h = scene.image_size
-    x, y = x_rel * w, y_rel * h
-    px0, py0, px1, py1 = scene.product_bbox
-    product = max((px1 - px0) * (py1 - py0), 1)
-    return [c for c in scene.components
-            if (c.bbox[2] - c.bbox[0]) * (c.bbox[3] - c.bbox[1]) < CARRIER_SHARE * product
-            and c.bbox[0] <= x < c.bbox[2] and c.bbox[1] <= y < c.bbox[3]]
-
-
-def _part_words(scene: Any, part_id: str) -> str:
-    part = scene.part(part_id) if hasattr(scene, "part") else None
-    name = getattr(part, "name", None)
-    colour = getattr(part, "color_name", None)
-    return f"{name} ({part_id})" if name else f"{part_id} ({colour})" if colour else part_id
-
-
-def layout_peak_note(peak_xy: tuple[int, int], scene: Any, reference_scenes: Sequence[Any]) -> str:
-    """Where the layout detector sees the largest difference, and which parts the references
-    and this image show there: e.g. ``(812, 230), left middle of the image: the references show
-    p2 (orange) there in 4 of 4 images; this image shows nothing of the parsed parts there``."""
-    w, h = scene.image_size
-    x_rel, y_rel = peak_xy[0] / max(w, 1), peak_xy[1] / max(h, 1)
-    horizontal = "left" if x_rel < 1 / 3 else "right" if x_rel > 2 / 3 else "centre"
-    vertical = "top" if y_rel < 1 / 3 else "bottom" if y_rel > 2 / 3 else "middle"
-    note = f"({peak_xy[0]}, {peak_xy[1]}), {vertical} {horizontal} of the image"
-    seen: dict[str, int] = {}
-    for ref in reference_scenes:
-        for pid in {c.part for c in _components_at(ref, x_rel, y_rel)}:
-            seen[pid] = seen.get(pid, 0) + 1
-    here = sorted({c.part for c in _components_at(scene, x_rel, y_rel)})
-    n = len(reference_scenes)
-    usual = [p for p, k in sorted(seen.items(), key=lambda kv: -kv[1]) if k * 2 > n]
-    if not n:
-        return note
-    if usual:
-        note += "; the references show " + ", ".join(f"{_part_words(scene, p)} in {seen[p]} of {n}" for p in usual)
-    else:
-        note += "; the references show none of the parsed parts there consistently"
-    missing = [p for p in usual if p not in here]
-    extra = [p for p in here if p not in usual]
-    if missing:
-        note += "; this image lacks " + ", ".join(_part_words(scene, p) for p in missing) + " there"
-    if extra:
-        note += "; this image shows " + ", ".join(_part_words(scene, p) for p in extra) + " there instead"
-    if not usual and not here:
-        note += " nor does this image: the difference lies in a surface or a detail the parse does not separate"
-    elif not missing and not extra:
-        note += "; this image shows the same parts there, looking different"
-    return note
 
 
 def _effective_params(cls: type, kwargs: dict, skip: tuple[str, ...] = ()) -> dict:

@@ -113,6 +113,12 @@ def finding_sentence(f: Finding) -> str:
     return f"Rule {f.rule_id} {status} — \"{f.rule_text}\"{values}{what}."
 
 
+def linked_sentence(f: Finding) -> str:
+    """A rule implicated by detector evidence (see ``agent.evidence``), not judged by a check."""
+    return (f"Rule {f.rule_id} likely violated — \"{f.rule_text}\": expected {_fmt(f.expected)}, "
+            f"observed {_fmt(f.observed)} ({f.explanation}).")
+
+
 def explain(
     findings: Sequence[Finding],
     *,
@@ -123,6 +129,7 @@ def explain(
     logic_note: str = "",
     composition_notes: Sequence[str] = (),
     layout_peak: Optional[str] = None,
+    linked: Sequence[Finding] = (),
 ) -> str:
     head = (
         f"{'ANOMALOUS' if is_anomalous else 'Normal'} (score {score:.2f}, threshold {threshold:.2f})."
@@ -131,6 +138,7 @@ def explain(
     failed = [f for f in findings if not f.passed]
     passed = [f for f in findings if f.passed]
     lines += [finding_sentence(f) for f in failed]
+    lines += [linked_sentence(f) for f in linked]
     if passed:
         lines.append("Passed: " + ", ".join(f.rule_id for f in passed) + ".")
     if logic_note:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from prompts.logicode import (
     LOGICODE_TEMPLATE_VERSION,
+    grounding_request,
     logicode_repair_request,
     logicode_rule_request,
     rule_function_name,
@@ -39,6 +40,34 @@ SYSTEM_PROMPT = (
     "You are an expert Python programmer who writes short, correct inspection checks. "
     "You only use the helpers you are given."
 )
+
+
+GROUNDING_SYSTEM_PROMPT = "You answer with one JSON object and nothing else."
+
+
+def parse_grounding(answer: str, *, rule_ids: Sequence[str], part_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The first JSON object in ``answer`` as ``{rule id: [part ids]}``, keeping known ids only."""
+    known_rules, known_parts = set(rule_ids), set(part_ids)
+    decoder = json.JSONDecoder()
+    for start in (i for i, ch in enumerate(answer) if ch == "{"):
+        try:
+            data, _ = decoder.raw_decode(answer[start:])
+        except ValueError:
+            continue
+        if not isinstance(data, dict):
+            continue
+        out: dict[str, list[str]] = {}
+        for rid, parts in data.items():
+            if str(rid) not in known_rules:
+                continue
+            items = parts if isinstance(parts, list) else [parts]
+            out[str(rid)] = sorted({str(p) for p in items if str(p) in known_parts}, key=lambda p: (len(p), p))
+        return out
+    return {}
+
+
+def _part_ids(scenes: Sequence[dict]) -> list[str]:
+    return sorted({p["id"] for s in scenes for p in s.get("parts", [])})
 
 
 class RuleFunction(BaseModel):
@@ -65,6 +94,11 @@ class LogiCodeProgram(BaseModel):
     source: str
     created: float = Field(default_factory=time.time)
     generation_seconds: float = 0.0
+    rule_parts: Optional[dict[str, list[str]]] = Field(
+        default=None,
+        description="rule id -> the part ids the rule is about, as the model read the parts table "
+                    "(None: not asked yet). Links the detectors' evidence to rules in explanations.",
+    )
 
     @property
     def sha256(self) -> str:
@@ -260,6 +294,8 @@ class LogiCodeGenerator:
             for rule in rules.rules
         ]
         parts = [(f.rule_id, f.function_name, f.source) for f in functions if f.ok]
+        rule_parts = self.ground(rules, parts_table=parts_table,
+                                 part_ids=_part_ids(list(reference_scenes) + list(validation_scenes or [])))
         return LogiCodeProgram(
             key=key,
             category=rules.category,
@@ -267,7 +303,23 @@ class LogiCodeGenerator:
             functions=functions,
             source=assemble(parts),
             generation_seconds=time.perf_counter() - start,
+            rule_parts=rule_parts,
         )
+
+    def ground(self, rules: NormalityRules, *, parts_table: str, part_ids: Sequence[str]) -> dict[str, list[str]]:
+        """Ask the model once which parts each rule is about: ``{rule id: [part ids]}``.
+
+        Unknown rule or part ids are dropped; a model that fails or answers without JSON gives
+        ``{}`` (evidence is then not linked to rules), never an exception."""
+        from langchain_core.messages import HumanMessage, SystemMessage
+
+        try:
+            answer = self.chat([SystemMessage(GROUNDING_SYSTEM_PROMPT),
+                                HumanMessage(grounding_request(rules, parts_table=parts_table))], 0)
+        except Exception as exc:
+            log.warning("rule grounding failed: %s", exc)
+            return {}
+        return parse_grounding(answer, rule_ids=[r.id for r in rules.rules], part_ids=part_ids)
 
     # -- one rule ---------------------------------------------------------------------
     def _generate_rule(

@@ -48,13 +48,35 @@ def explains_violation(verdict) -> bool:
     )
 
 
+def named_rules(verdict) -> list:
+    """The rules the explanation names as failed (validated checks) or likely violated (detector
+    evidence linked to the rule's parts), with expected and observed values."""
+    text = verdict.explanation
+    return [f for f in verdict.findings
+            if not f.passed and f.rule_id not in ("structural", "composition", "layout")
+            and (f"Rule {f.rule_id} FAILED" in text or f"Rule {f.rule_id} likely violated" in text)
+            and f.expected is not None and f.observed is not None]
+
+
+def _words(text: str) -> set[str]:
+    return {w.rstrip("s") for w in re.split(r"[\s_]+", text.lower()) if len(w) > 2}
+
+
+def names_the_anomaly(rules, named, anomaly_type: str) -> bool:
+    """Approximate ground truth: a named rule's structured subject shares a noun with the
+    generator's anomaly type (rule "exactly two nuts", subject "nut" - anomaly "missing_nut").
+    Anomaly types that name no part (compartments_swapped) never match."""
+    subjects = {r.id: r.check.subject for r in rules.rules if r.check is not None}
+    return any(_words(subjects.get(f.rule_id, "")) & _words(anomaly_type) for f in named)
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def synthetic(agent: Agent, categories, per_kind: int, k: int, scale: float) -> dict:
     per_cat = {}
-    gen_times, explained, detected_logical = [], 0, 0
+    gen_times, explained, detected_logical, named, named_right = [], 0, 0, 0, 0
     for category in categories:
         gen = SynthGenerator(category, seed=SEED, scale=scale)
         refs = [gen.sample(i, kind="good").image for i in range(k)]
@@ -70,6 +92,9 @@ def synthetic(agent: Agent, categories, per_kind: int, k: int, scale: float) -> 
                 if kind == "logical" and verdict.is_anomalous:
                     detected_logical += 1
                     explained += explains_violation(verdict)
+                    rules_named = named_rules(verdict)
+                    named += bool(rules_named)
+                    named_right += names_the_anomaly(ctx.rules, rules_named, sample.anomaly_type or "")
         good = [s for kd, s in rows if kd == "good"]
         logical = [s for kd, s in rows if kd == "logical"]
         structural = [s for kd, s in rows if kd == "structural"]
@@ -85,6 +110,8 @@ def synthetic(agent: Agent, categories, per_kind: int, k: int, scale: float) -> 
         "logical_auroc": float(np.nanmean([c["logical_auroc"] for c in per_cat.values()])),
         "structural_auroc": float(np.nanmean([c["structural_auroc"] for c in per_cat.values()])),
         "explained_fraction": explained / detected_logical if detected_logical else float("nan"),
+        "rule_named_fraction": named / detected_logical if detected_logical else float("nan"),
+        "rule_named_matches_anomaly": named_right / detected_logical if detected_logical else float("nan"),
         "generation_seconds_max": max(gen_times),
     }
 
@@ -100,6 +127,7 @@ def real_cases(agent: Agent, shared: Path) -> dict:
             "normal_passed": not few["normal.png"].is_anomalous,
             "abnormal_flagged": few["abnormal.png"].is_anomalous,
             "abnormal_explanation": few["abnormal.png"].explanation,
+            "abnormal_rules_named": [f.rule_id for f in named_rules(few["abnormal.png"])],
             "abnormal_shows": meta["abnormal_shows"],
             "zero_shot_normal_passed": not zero["normal.png"].is_anomalous,
             "zero_shot_abnormal_flagged": zero["abnormal.png"].is_anomalous,
@@ -151,6 +179,10 @@ def main() -> None:
     syn = synthetic(agent, args.categories.split(","), args.per_kind, args.k, args.scale)
     print(f"synthetic: logical_auroc={syn['logical_auroc']:.3f} structural_auroc={syn['structural_auroc']:.3f} "
           f"explained={syn['explained_fraction']:.2f} generation_s_max={syn['generation_seconds_max']:.1f}", flush=True)
+    print(f"synthetic explanations: detected logical anomalies whose explanation names a rule (validated or "
+          f"likely, with expected/observed) rule_named_fraction={syn['rule_named_fraction']:.2f}; "
+          f"the named rule's subject matches the anomaly type rule_named_matches_anomaly="
+          f"{syn['rule_named_matches_anomaly']:.2f}", flush=True)
 
     shared = None if args.skip_real else shared_dir()
     real_line = "real: skipped"

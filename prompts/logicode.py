@@ -13,6 +13,7 @@ from importlib import resources
 from .rules import NormalityRules, Rule
 
 LOGICODE_TEMPLATE_VERSION = "v1"
+GROUNDING_TEMPLATE_VERSION = "v1"
 
 
 @lru_cache(maxsize=None)
@@ -49,6 +50,17 @@ def logicode_rule_request(
         rule_id=rule.id,
         rule_text=rule.text.replace('"', "'"),
         rule_hint=_hint(rule),
+    )
+
+
+def grounding_request(rules: NormalityRules, *, parts_table: str) -> str:
+    """The request that maps each rule to the part ids it is about (one call per rule set)."""
+    listing = "\n".join(f"{r.id}: {r.text}" for r in rules.rules)
+    return load_template(f"grounding_{GROUNDING_TEMPLATE_VERSION}.md").format(
+        category=rules.category,
+        class_context=rules.class_context or "(none given)",
+        parts_table=parts_table.strip(),
+        rules=listing,
     )
 
 

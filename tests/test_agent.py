@@ -5,6 +5,7 @@ answers every rule request with a reference-relative count check, reading the fu
 name it is asked for from the request (as a real model does).
 """
 
+import json
 import re
 
 import pytest
@@ -39,6 +40,9 @@ class CountingModel(BaseChatModel):
     def _generate(self, messages, stop=None, run_manager=None, **kwargs):
         self.calls += 1
         text = messages[-1].content if isinstance(messages[-1].content, str) else str(messages[-1].content)
+        if "map the rules" in text:  # the grounding request: every rule is about p1
+            mapping = {rid: ["p1"] for rid in re.findall(r"^(\w+): ", text.split("# Rules")[-1], re.M)}
+            return ChatResult(generations=[ChatGeneration(message=AIMessage(json.dumps(mapping)))])
         asked = re.findall(r"def check_(\w+)\(scene, references\)", text)
         rid = asked[-1] if asked else re.search(r"rule (\w+)", text).group(1)
         reply = self.answer.replace("{rid}", rid)
@@ -90,7 +94,7 @@ def test_programs_and_fits_are_cached(agent, screw_bag, tmp_path):
     assert v.program.origin == "cached"
     # Other rules mean another program.
     again.run(gen.sample(52).image, rules=["There are exactly six objects."], references=refs)
-    assert again.chat_model.calls == 1
+    assert again.chat_model.calls == 2  # one rule, and grounding the rules in the parts
 
 
 def test_broken_model_output_falls_back_without_crashing(screw_bag, tmp_path):
@@ -98,7 +102,7 @@ def test_broken_model_output_falls_back_without_crashing(screw_bag, tmp_path):
     model = CountingModel(answer="Sorry, I cannot write code for that.")
     agent = Agent(AgentConfig(cache_dir=tmp_path, repair_rounds=1), chat_model=model, model_id="prose")
     v = agent.run(gen.sample(53, kind="logical", anomaly_type="extra_washer").image, category="screw_bag", references=refs)
-    assert model.calls == 4 * 2  # every rule: one try and one repair
+    assert model.calls == 4 * 2 + 1  # every rule: one try and one repair; one grounding call
     assert not v.logic_available
     assert "Logic check unavailable" in v.logic_note and "contains no Python code" in v.logic_note
     assert {f.source for f in v.findings} == {"structural", "composition", "layout"}
@@ -192,7 +196,7 @@ def test_a_prepared_context_ships_to_another_process_as_files_and_data(agent, sc
 
 
 def test_layout_peak_note_says_which_part_the_references_show_there():
-    from agent.core import layout_peak_note
+    from agent.evidence import LayoutPeak
     from detectors import LayoutDetector, SceneParser
     from tests.test_layout import tray
 
@@ -201,9 +205,41 @@ def test_layout_peak_note_says_which_part_the_references_show_there():
     layout = LayoutDetector(image_size=160, window=1).fit(refs)
     missing = tray(11, skip=0)
     result = layout.score(missing)
-    note = layout_peak_note(result.peak_xy, parser.parse(missing), parser.reference_scenes)
+    scene = parser.parse(missing)
+    note = LayoutPeak.locate(result.peak_xy, scene, parser.reference_scenes).sentence(scene)
     assert "top left of the image" in note and "in 4 of 4" in note and "this image lacks" in note
     moved = tray(12, move=(150, 130))
     result = layout.score(moved)
-    note = layout_peak_note(result.peak_xy, parser.parse(moved), parser.reference_scenes)
+    scene = parser.parse(moved)
+    note = LayoutPeak.locate(result.peak_xy, scene, parser.reference_scenes).sentence(scene)
     assert "bottom right" in note and "there instead" in note
+
+
+def test_parse_grounding_keeps_known_ids_and_survives_prose():
+    from agent.logicode import parse_grounding
+
+    answer = 'Sure! Here it is:\n```json\n{"r1": ["p2", "p9"], "r2": "p1", "r7": ["p1"]}\n```'
+    assert parse_grounding(answer, rule_ids=["r1", "r2"], part_ids=["p1", "p2"]) == {"r1": ["p2"], "r2": ["p1"]}
+    assert parse_grounding("no json {here", rule_ids=["r1"], part_ids=["p1"]) == {}
+    assert parse_grounding('[1, 2] then {"r1": []}', rule_ids=["r1"], part_ids=["p1"]) == {"r1": []}
+
+
+def test_detector_evidence_names_the_rules_about_the_missing_part(tmp_path):
+    """No check validates (the model writes prose), but the layout detector finds the orange
+    part missing where every reference shows it, and the model's grounding says which rules
+    are about that part: the explanation names them, as evidence, with expected and observed."""
+    from tests.test_layout import tray
+
+    model = CountingModel(answer="Sorry, I cannot write code for that.")
+    agent = Agent(AgentConfig(cache_dir=tmp_path, repair_rounds=0), chat_model=model, model_id="prose")
+    rules = ["Two orange parts lie on the left.", "One brown part lies on the right."]
+    refs = [tray(s) for s in range(4)]
+    v = agent.run(tray(11, skip=0), rules=rules, references=refs)
+    assert v.is_anomalous and not v.logic_available
+    linked = [f for f in v.findings if f.rule_id in ("r1", "r2")]
+    assert linked and all(not f.passed and f.source == "layout" and f.confidence < 1 for f in linked)
+    assert "likely violated" in v.explanation and "absent there" in v.explanation
+    assert "evidence, not a validated check" in v.explanation
+    # a normal image implicates no rule
+    normal = agent.run(tray(12), rules=rules, references=refs)
+    assert not normal.is_anomalous and not [f for f in normal.findings if f.rule_id in ("r1", "r2")]
