@@ -291,9 +291,8 @@ class Agent:
                 self._programs.put(program)
         else:
             if program.rule_parts is None:  # cached before programs carried the rules' parts
-                scenes = [sc.model_dump(mode="json") for sc in ctx.parser.reference_scenes]
                 program.rule_parts = generator.ground(ctx.rules, parts_table=parts_table,
-                                                      part_ids=[p["id"] for p in scenes[0]["parts"]] if scenes else [])
+                                                      part_ids=ctx.parser.part_ids())
                 self._programs.put(program)
             program = program.model_copy(update={"origin": "cached"})
         ctx.program = program

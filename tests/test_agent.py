@@ -243,3 +243,18 @@ def test_detector_evidence_names_the_rules_about_the_missing_part(tmp_path):
     # a normal image implicates no rule
     normal = agent.run(tray(12), rules=rules, references=refs)
     assert not normal.is_anomalous and not [f for f in normal.findings if f.rule_id in ("r1", "r2")]
+
+
+def test_a_program_cached_before_grounding_is_grounded_once(screw_bag, tmp_path):
+    gen, refs = screw_bag
+    agent = Agent(AgentConfig(cache_dir=tmp_path), chat_model=CountingModel(), model_id="counting-fake")
+    ctx = agent.prepare(category="screw_bag", references=refs)
+    assert ctx.program.rule_parts == {"r1": ["p1"], "r2": ["p1"], "r3": ["p1"], "r4": ["p1"]}
+    path = tmp_path / "programs" / f"{ctx.program.key}.json"
+    stored = json.loads(path.read_text())
+    stored.pop("rule_parts")  # as an older version wrote it
+    path.write_text(json.dumps(stored))
+    again = Agent(AgentConfig(cache_dir=tmp_path), chat_model=CountingModel(), model_id="counting-fake")
+    ctx2 = again.prepare(category="screw_bag", references=refs)
+    assert again.chat_model.calls == 1 and ctx2.program.rule_parts == ctx.program.rule_parts
+    assert json.loads(path.read_text())["rule_parts"] == ctx.program.rule_parts
