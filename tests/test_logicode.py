@@ -199,3 +199,14 @@ def test_model_failures_mark_the_program_as_not_cacheable():
     program = _generate(ScriptedModel([TimeoutError("slow"), GOOD_R2]))
     assert program.model_failed
     assert not _generate(ScriptedModel([GOOD_R1, GOOD_R2])).model_failed
+
+
+def test_the_program_records_which_parts_each_rule_is_about():
+    model = ScriptedModel([GOOD_R1, GOOD_R2, 'Here: {"r1": ["p1", "p7"], "r2": "p1", "r9": ["p1"]}'])
+    program = _generate(model)
+    assert program.rule_parts == {"r1": ["p1"], "r2": ["p1"]}  # unknown part and rule ids dropped
+    asked = model.requests[-1][-1].content
+    assert "r1: " in asked and "p1" in asked and "JSON" in asked
+    # a model that fails the grounding request loses only the links, never the program
+    program = _generate(ScriptedModel([GOOD_R1, GOOD_R2, RuntimeError("model crashed")]))
+    assert program.rule_parts == {} and program.checked_rule_ids == ["r1", "r2"]
