@@ -46,7 +46,8 @@ GROUNDING_SYSTEM_PROMPT = "You answer with one JSON object and nothing else."
 
 
 def parse_grounding(answer: str, *, rule_ids: Sequence[str], part_ids: Sequence[str]) -> dict[str, list[str]]:
-    """The first JSON object in ``answer`` as ``{rule id: [part ids]}``, keeping known ids only."""
+    """The first JSON object in ``answer`` as ``{rule id: [part ids]}``, keeping known ids only.
+    A rule mapped to more than half of the parts (and more than two) is left unmapped."""
     known_rules, known_parts = set(rule_ids), set(part_ids)
     decoder = json.JSONDecoder()
     for start in (i for i, ch in enumerate(answer) if ch == "{"):
@@ -61,7 +62,9 @@ def parse_grounding(answer: str, *, rule_ids: Sequence[str], part_ids: Sequence[
             if str(rid) not in known_rules:
                 continue
             items = parts if isinstance(parts, list) else [parts]
-            out[str(rid)] = sorted({str(p) for p in items if str(p) in known_parts}, key=lambda p: (len(p), p))
+            ids = sorted({str(p) for p in items if str(p) in known_parts}, key=lambda p: (len(p), p))
+            # "every part" says nothing about the rule: a small model answers so when unsure
+            out[str(rid)] = [] if len(ids) > max(2, len(known_parts) // 2) else ids
         return out
     return {}
 

@@ -13,7 +13,7 @@ from importlib import resources
 from .rules import NormalityRules, Rule
 
 LOGICODE_TEMPLATE_VERSION = "v1"
-GROUNDING_TEMPLATE_VERSION = "v1"
+GROUNDING_TEMPLATE_VERSION = "v2"
 
 
 @lru_cache(maxsize=None)

@@ -222,6 +222,10 @@ def test_parse_grounding_keeps_known_ids_and_survives_prose():
     assert parse_grounding(answer, rule_ids=["r1", "r2"], part_ids=["p1", "p2"]) == {"r1": ["p2"], "r2": ["p1"]}
     assert parse_grounding("no json {here", rule_ids=["r1"], part_ids=["p1"]) == {}
     assert parse_grounding('[1, 2] then {"r1": []}', rule_ids=["r1"], part_ids=["p1"]) == {"r1": []}
+    # a rule mapped to (nearly) every part is not grounded at all
+    every = parse_grounding('{"r1": ["p1", "p2", "p3", "p4", "p5"], "r2": ["p4"]}', rule_ids=["r1", "r2"],
+                            part_ids=["p1", "p2", "p3", "p4", "p5", "p6"])
+    assert every == {"r1": [], "r2": ["p4"]}
 
 
 def test_detector_evidence_names_the_rules_about_the_missing_part(tmp_path):
