@@ -133,6 +133,12 @@ class AgentConfig(BaseModel):
         description="time budget of every language-model call the agent makes; the agent also passes it to "
                     "the backend as LLMConfig.timeout_s, so it is the only model timeout to set",
     )
+    link_evidence_to_rules: bool = Field(
+        default=False,
+        description="ask the model once per rule set which parts each rule is about, and name the rules whose "
+                    "parts the detectors' evidence implicates ('likely violated'). Off by default: the CPU "
+                    "default model's mapping named the wrong rule for every detected synthetic anomaly",
+    )
     cache_dir: Path = Field(default_factory=default_cache_dir)
     use_disk_cache: bool = True
     #: a user-written or edited LogiCode program that replaces generation

@@ -271,6 +271,7 @@ class Agent:
             check_source=sandbox.check_source,
             api_reference=sandbox.API_REFERENCE,
             repair_rounds=self.config.repair_rounds,
+            ground_rules=self.config.link_evidence_to_rules,
         )
         if program is None:
             try:
@@ -290,7 +291,7 @@ class Agent:
             else:
                 self._programs.put(program)
         else:
-            if program.rule_parts is None:  # cached before programs carried the rules' parts
+            if program.rule_parts is None and self.config.link_evidence_to_rules:  # not grounded yet
                 program.rule_parts = generator.ground(ctx.rules, parts_table=parts_table,
                                                       part_ids=ctx.parser.part_ids())
                 self._programs.put(program)
@@ -373,7 +374,8 @@ class Agent:
             if layout_result is not None and layout_result.peak_xy else None
         layout_note = peak.sentence(scene) if peak is not None else None
         linked = []
-        if is_anomalous and ctx.program is not None and ctx.program.rule_parts:
+        if (is_anomalous and self.config.link_evidence_to_rules and ctx.program is not None
+                and ctx.program.rule_parts):
             linked = linked_rule_findings(
                 ctx.rules, ctx.program.rule_parts, scene=scene,
                 judged={f.rule_id for f in findings if f.source in RULE_SOURCES},

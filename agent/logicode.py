@@ -265,6 +265,7 @@ class LogiCodeGenerator:
         check_source: Callable[[str], list],
         api_reference: str,
         repair_rounds: int = 3,
+        ground_rules: bool = False,
     ):
         """``chat(messages, attempt) -> text`` talks to the model (greedy first, sampled on repairs); ``run(source, entrypoint, args)``
         is ``sandbox.run_program``; ``check_source`` is the sandbox's static check."""
@@ -273,6 +274,7 @@ class LogiCodeGenerator:
         self.check_source = check_source
         self.api_reference = api_reference
         self.repair_rounds = repair_rounds
+        self.ground_rules = ground_rules  # also ask which parts each rule is about (see ground)
 
     def generate(
         self,
@@ -298,7 +300,8 @@ class LogiCodeGenerator:
         ]
         parts = [(f.rule_id, f.function_name, f.source) for f in functions if f.ok]
         rule_parts = self.ground(rules, parts_table=parts_table,
-                                 part_ids=_part_ids(list(reference_scenes) + list(validation_scenes or [])))
+                                 part_ids=_part_ids(list(reference_scenes) + list(validation_scenes or []))) \
+            if self.ground_rules else None
         return LogiCodeProgram(
             key=key,
             category=rules.category,

@@ -94,7 +94,7 @@ def test_programs_and_fits_are_cached(agent, screw_bag, tmp_path):
     assert v.program.origin == "cached"
     # Other rules mean another program.
     again.run(gen.sample(52).image, rules=["There are exactly six objects."], references=refs)
-    assert again.chat_model.calls == 2  # one rule, and grounding the rules in the parts
+    assert again.chat_model.calls == 1
 
 
 def test_broken_model_output_falls_back_without_crashing(screw_bag, tmp_path):
@@ -102,7 +102,7 @@ def test_broken_model_output_falls_back_without_crashing(screw_bag, tmp_path):
     model = CountingModel(answer="Sorry, I cannot write code for that.")
     agent = Agent(AgentConfig(cache_dir=tmp_path, repair_rounds=1), chat_model=model, model_id="prose")
     v = agent.run(gen.sample(53, kind="logical", anomaly_type="extra_washer").image, category="screw_bag", references=refs)
-    assert model.calls == 4 * 2 + 1  # every rule: one try and one repair; one grounding call
+    assert model.calls == 4 * 2  # every rule: one try and one repair
     assert not v.logic_available
     assert "Logic check unavailable" in v.logic_note and "contains no Python code" in v.logic_note
     assert {f.source for f in v.findings} == {"structural", "composition", "layout"}
@@ -235,7 +235,8 @@ def test_detector_evidence_names_the_rules_about_the_missing_part(tmp_path):
     from tests.test_layout import tray
 
     model = CountingModel(answer="Sorry, I cannot write code for that.")
-    agent = Agent(AgentConfig(cache_dir=tmp_path, repair_rounds=0), chat_model=model, model_id="prose")
+    agent = Agent(AgentConfig(cache_dir=tmp_path, repair_rounds=0, link_evidence_to_rules=True), chat_model=model,
+                  model_id="prose")
     rules = ["Two orange parts lie on the left.", "One brown part lies on the right."]
     refs = [tray(s) for s in range(4)]
     v = agent.run(tray(11, skip=0), rules=rules, references=refs)
@@ -247,18 +248,25 @@ def test_detector_evidence_names_the_rules_about_the_missing_part(tmp_path):
     # a normal image implicates no rule
     normal = agent.run(tray(12), rules=rules, references=refs)
     assert not normal.is_anomalous and not [f for f in normal.findings if f.rule_id in ("r1", "r2")]
+    # off by default: no grounding call, no rule named from evidence
+    plain = Agent(AgentConfig(cache_dir=tmp_path / "plain", repair_rounds=0), chat_model=CountingModel(answer="no"),
+                  model_id="prose")
+    v = plain.run(tray(11, skip=0), rules=rules, references=refs)
+    assert v.is_anomalous and "likely violated" not in v.explanation
+    assert plain.chat_model.calls == 2 and plain.last_context.program.rule_parts is None
 
 
 def test_a_program_cached_before_grounding_is_grounded_once(screw_bag, tmp_path):
     gen, refs = screw_bag
-    agent = Agent(AgentConfig(cache_dir=tmp_path), chat_model=CountingModel(), model_id="counting-fake")
+    config = AgentConfig(cache_dir=tmp_path, link_evidence_to_rules=True)
+    agent = Agent(config, chat_model=CountingModel(), model_id="counting-fake")
     ctx = agent.prepare(category="screw_bag", references=refs)
     assert ctx.program.rule_parts == {"r1": ["p1"], "r2": ["p1"], "r3": ["p1"], "r4": ["p1"]}
     path = tmp_path / "programs" / f"{ctx.program.key}.json"
     stored = json.loads(path.read_text())
     stored.pop("rule_parts")  # as an older version wrote it
     path.write_text(json.dumps(stored))
-    again = Agent(AgentConfig(cache_dir=tmp_path), chat_model=CountingModel(), model_id="counting-fake")
+    again = Agent(config, chat_model=CountingModel(), model_id="counting-fake")
     ctx2 = again.prepare(category="screw_bag", references=refs)
     assert again.chat_model.calls == 1 and ctx2.program.rule_parts == ctx.program.rule_parts
     assert json.loads(path.read_text())["rule_parts"] == ctx.program.rule_parts

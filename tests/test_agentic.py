@@ -41,10 +41,6 @@ class ToolCallingFake(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=reply)])
 
 
-#: the answer to the one grounding request (which parts each rule is about) after the program
-GROUNDING = AIMessage('{"r1": []}')
-
-
 def _answer(passed: bool) -> AIMessage:
     return AIMessage(json.dumps({
         "rules": [{"rule_id": "r1", "passed": passed, "observed": 3, "expected": 2, "reason": "three washers"}],
@@ -69,8 +65,7 @@ def test_tool_loop_produces_findings_and_a_trace(refs, tmp_path):
     agent = Agent(AgentConfig(cache_dir=tmp_path, mode="agentic", pinned_program=None), chat_model=fake, model_id="fake")
     ctx_rules = ["The bag holds exactly two washers."]
     # program generation also goes through the fake: give it a valid function first
-    fake.script[:0] = [AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', True, 1, 1)\n```"),
-                       GROUNDING]
+    fake.script[:0] = [AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', True, 1, 1)\n```")]
     v = agent.run(gen.sample(40).image, rules=ctx_rules, references=references)
     assert [c.tool for c in v.tool_trace] == ["parse_scene", "run_logicode", "no_such_tool"]
     assert json.loads(v.tool_trace[1].output)["ok"] is True
@@ -85,8 +80,7 @@ def test_tool_loop_without_an_answer_falls_back_to_the_program(refs, tmp_path):
     gen, references = refs
     loop = [AIMessage("", tool_calls=[{"name": "structural_score", "args": {}, "id": f"s{i}"}]) for i in range(8)]
     fake = ToolCallingFake(script=[
-        AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', True, 1, 1)\n```"), GROUNDING,
-        *loop,
+        AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', True, 1, 1)\n```"), *loop,
     ])
     agent = Agent(AgentConfig(cache_dir=tmp_path, mode="agentic"), chat_model=fake, model_id="fake2")
     v = agent.run(gen.sample(41).image, rules=["At least one object."], references=references)
@@ -110,7 +104,7 @@ class SlowToolCaller(ToolCallingFake):
 def test_a_model_call_that_runs_over_its_budget_ends_the_loop(refs, tmp_path):
     gen, references = refs
     fake = SlowToolCaller(script=[
-        AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', True, 1, 1)\n```"), GROUNDING,
+        AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', True, 1, 1)\n```"),
     ])
     agent = Agent(AgentConfig(cache_dir=tmp_path, mode="agentic", generation_timeout_s=1), chat_model=fake,
                   model_id="slow")

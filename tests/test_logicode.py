@@ -59,13 +59,14 @@ class ScriptedModel:
         return answer
 
 
-def _generator(model, rounds=3):
+def _generator(model, rounds=3, ground=False):
     return LogiCodeGenerator(model, run=sandbox.run_program, check_source=sandbox.check_source,
-                             api_reference=sandbox.API_REFERENCE, repair_rounds=rounds)
+                             api_reference=sandbox.API_REFERENCE, repair_rounds=rounds, ground_rules=ground)
 
 
-def _generate(model, rules=RULES, rounds=3):
-    return _generator(model, rounds).generate(rules, parts_table=PARTS, reference_scenes=REFS, key="k", model_id="fake")
+def _generate(model, rules=RULES, rounds=3, ground=False):
+    return _generator(model, rounds, ground).generate(rules, parts_table=PARTS, reference_scenes=REFS, key="k",
+                                                      model_id="fake")
 
 
 def test_valid_programs_are_accepted_and_catch_an_anomaly():
@@ -203,10 +204,11 @@ def test_model_failures_mark_the_program_as_not_cacheable():
 
 def test_the_program_records_which_parts_each_rule_is_about():
     model = ScriptedModel([GOOD_R1, GOOD_R2, 'Here: {"r1": ["p1", "p7"], "r2": "p1", "r9": ["p1"]}'])
-    program = _generate(model)
+    program = _generate(model, ground=True)
     assert program.rule_parts == {"r1": ["p1"], "r2": ["p1"]}  # unknown part and rule ids dropped
     asked = model.requests[-1][-1].content
     assert "r1: " in asked and "p1" in asked and "JSON" in asked
     # a model that fails the grounding request loses only the links, never the program
-    program = _generate(ScriptedModel([GOOD_R1, GOOD_R2, RuntimeError("model crashed")]))
+    program = _generate(ScriptedModel([GOOD_R1, GOOD_R2, RuntimeError("model crashed")]), ground=True)
     assert program.rule_parts == {} and program.checked_rule_ids == ["r1", "r2"]
+    assert _generate(ScriptedModel([GOOD_R1, GOOD_R2])).rule_parts is None  # not asked by default
