@@ -23,7 +23,7 @@ from detectors.images import ImageInput, load_image
 from prompts.rules import NormalityRules, RulesInput, load_rules
 
 from .config import AgentConfig
-from .evidence import LayoutPeak, linked_rule_findings
+from .evidence import LayoutPeak, linked_rule_findings, part_words
 from .fusion import RULE_SOURCES, explain, fuse
 from .logicode import LogiCodeGenerator, LogiCodeProgram, ProgramCache, assemble, program_key, validate_pinned
 from .schema import Finding, ProgramInfo, Region, Verdict
@@ -462,8 +462,7 @@ class Agent:
         report = getattr(ctx.parser, "composition_report", None)
         if report is None:
             return []
-        labels = {p.id: f"{p.name} ({p.id})" if p.name else f"{p.id} ({p.color_name})" for p in scene.parts}
-        return [row.sentence(labels.get(row.part)) if hasattr(row, "sentence") else str(row)
+        return [row.sentence(part_words(scene, row.part)) if hasattr(row, "sentence") else str(row)
                 for row in report(scene)[:3]]
 
     @staticmethod

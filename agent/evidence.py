@@ -41,7 +41,7 @@ def _components_at(scene: Any, x_rel: float, y_rel: float) -> list[Any]:
 
 def part_words(scene: Any, part_id: str) -> str:
     """``"orange (p2)"`` for a named part, ``"p2 (orange)"`` (its colour) otherwise."""
-    part = scene.part(part_id) if hasattr(scene, "part") else None
+    part = next((p for p in scene.parts if p.id == part_id), None)
     name = getattr(part, "name", None)
     colour = getattr(part, "color_name", None)
     return f"{name} ({part_id})" if name else f"{part_id} ({colour})" if colour else part_id

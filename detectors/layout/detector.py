@@ -6,7 +6,6 @@ backbone, calibration, results and persistence, the same way :class:`~detectors.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,13 +18,13 @@ import torch.nn.functional as F
 from ..backbones import Backbone, FeatureMaps, backbone_config, get_backbone
 from ..base import Detector, NotFittedError, logistic_calibration
 from ..images import ImageInput
+from ..persistence import calibrate, load_folder, reference_count, save_folder
 from ..schema import AnomalyResult
 from ..patchcore.torch_model import gaussian_blur
 from . import torch_model as tm
 
+_FORMAT = "logiscan.layout"
 _FORMAT_VERSION = 1
-_CONFIG_FILE = "config.json"
-_STATE_FILE = "state.pt"
 #: the layer's stride when none is named: coarse enough to be one object part per cell and to
 #: tolerate the small shifts and rotations between photographs, fine enough to see one pushpin
 DEFAULT_STRIDE = 16
@@ -141,14 +140,7 @@ class LayoutDetector(Detector):
     def fit(self, references: Sequence[ImageInput],
             features: Sequence[FeatureMaps] | None = None) -> "LayoutDetector":
         """Keep the references' patch grids and calibrate on them (leave-one-out)."""
-        if isinstance(references, (str, bytes, np.ndarray)) or not isinstance(references, Sequence):
-            raise TypeError("LayoutDetector.fit expects a list of reference images, "
-                            f"got {type(references).__name__}.")
-        n = len(references) if features is None else len(features)
-        if n < 1:
-            raise ValueError("LayoutDetector.fit needs at least 1 normal reference image; got none.")
-        if n > self.max_references:
-            raise ValueError(f"LayoutDetector.fit got {n} references; at most {self.max_references} are used.")
+        n = reference_count("LayoutDetector", references, features, self.max_references)
         grids: list[torch.Tensor] = []
         for i in range(n):
             fm = self._features(references[i] if features is None else None,
@@ -177,8 +169,9 @@ class LayoutDetector(Detector):
         return logistic_calibration(self.loo_scores.tolist(), self.calibration_sigmas)
 
     def calibrate(self, raw: torch.Tensor | float) -> torch.Tensor:
-        cal = self.calibration()
-        return torch.sigmoid((torch.as_tensor(raw, dtype=torch.float32) - cal["center"]) / cal["scale"])
+        self._check_fitted()
+        assert self.loo_scores is not None
+        return calibrate(raw, self.loo_scores, self.calibration_sigmas)
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
@@ -212,32 +205,15 @@ class LayoutDetector(Detector):
     def save(self, path: str | Path) -> None:
         """Write ``config.json`` and ``state.pt`` (tensors only) into the folder ``path``."""
         self._check_fitted()
-        folder = Path(path)
-        if folder.exists() and not folder.is_dir():
-            raise ValueError(f"LayoutDetector.save: {folder} exists and is not a folder.")
-        folder.mkdir(parents=True, exist_ok=True)
-        config = {"format": "logiscan.layout", "version": _FORMAT_VERSION, "params": self.get_params(),
-                  "calibration": self.calibration()}
-        (folder / _CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        torch.save({"references": self.references, "loo_scores": self.loo_scores}, folder / _STATE_FILE)
+        save_folder("LayoutDetector", path, fmt=_FORMAT, version=_FORMAT_VERSION,
+                    config={"params": self.get_params(), "calibration": self.calibration()},
+                    state={"references": self.references, "loo_scores": self.loo_scores})
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", weights_path: str | None = None) -> "LayoutDetector":
         """Load a detector written by :meth:`save` (no pickled objects are read)."""
-        folder = Path(path)
-        config_file, state_file = folder / _CONFIG_FILE, folder / _STATE_FILE
-        if not config_file.is_file() or not state_file.is_file():
-            raise FileNotFoundError(f"LayoutDetector.load: {folder} is not a saved LayoutDetector "
-                                    f"(expected {_CONFIG_FILE} and {_STATE_FILE}).")
-        try:
-            config = json.loads(config_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"LayoutDetector.load: {config_file} is not valid JSON ({exc}).") from exc
-        if config.get("format") != "logiscan.layout" or config.get("version") != _FORMAT_VERSION:
-            raise ValueError(f"LayoutDetector.load: {config_file} has format {config.get('format')!r} version "
-                             f"{config.get('version')!r}; expected 'logiscan.layout' version {_FORMAT_VERSION}.")
+        config, state = load_folder("LayoutDetector", path, fmt=_FORMAT, version=_FORMAT_VERSION)
         detector = cls(**config["params"], device=device, weights_path=weights_path)
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
         detector.references, detector.loo_scores = state["references"], state["loo_scores"]
         return detector
 

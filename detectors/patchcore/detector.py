@@ -6,7 +6,6 @@ images, the backbone, calibration, results and persistence.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -21,12 +20,12 @@ from PIL import Image
 from ..backbones import Backbone, FeatureMaps, backbone_config, get_backbone
 from ..base import Detector, NotFittedError, logistic_calibration
 from ..images import ImageInput, load_image
+from ..persistence import calibrate, load_folder, reference_count, save_folder
 from ..schema import AnomalyResult
 from . import torch_model as tm
 
+_FORMAT = "logiscan.patchcore"
 _FORMAT_VERSION = 1
-_CONFIG_FILE = "config.json"
-_STATE_FILE = "state.pt"
 
 # Reference augmentations: parts that lie at any angle (screws, nuts, almonds) are seen
 # at more angles than the few references show. The transforms are exact (no resampling).
@@ -196,21 +195,7 @@ class PatchCore(Detector):
     # -- fit -------------------------------------------------------------------------------
     def fit(self, references: Sequence[ImageInput], features: Sequence[FeatureMaps] | None = None) -> "PatchCore":
         """Build the memory bank from normal ``references`` and calibrate on them."""
-        if isinstance(references, (str, bytes, np.ndarray)) or not isinstance(references, Sequence):
-            raise TypeError(
-                "PatchCore.fit expects a list of reference images (paths, PIL images, arrays or bytes), "
-                f"got {type(references).__name__}."
-            )
-        n = len(references) if features is None else len(features)
-        if n < 1:
-            raise ValueError("PatchCore.fit needs at least 1 normal reference image; got none.")
-        if n > self.max_references:
-            raise ValueError(
-                f"PatchCore.fit got {n} references; at most {self.max_references} are used "
-                f"(pass a subset, or raise max_references)."
-            )
-        if features is not None and len(references) not in (0, n):
-            raise ValueError("PatchCore.fit: references and features must have the same length.")
+        n = reference_count("PatchCore", references, features, self.max_references)
         embeddings, grids, input_sizes = [], [], []
         for i in range(n):
             fm = self._features(references[i] if features is None else None,
@@ -293,9 +278,9 @@ class PatchCore(Detector):
 
     def calibrate(self, raw: torch.Tensor | float) -> torch.Tensor:
         """Map raw distances into [0, 1] with the references' leave-one-out statistics."""
-        cal = self.calibration()
-        raw_t = torch.as_tensor(raw, dtype=torch.float32)
-        return torch.sigmoid((raw_t - cal["center"]) / cal["scale"])
+        self._check_fitted()
+        assert self.loo_scores is not None
+        return calibrate(raw, self.loo_scores, self.calibration_sigmas)
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
@@ -334,37 +319,17 @@ class PatchCore(Detector):
     def save(self, path: str | Path) -> None:
         """Write ``config.json`` and ``state.pt`` (tensors only) into the folder ``path``."""
         self._check_fitted()
-        folder = Path(path)
-        if folder.exists() and not folder.is_dir():
-            raise ValueError(f"PatchCore.save: {folder} exists and is not a folder.")
-        folder.mkdir(parents=True, exist_ok=True)
-        config = {"format": "logiscan.patchcore", "version": _FORMAT_VERSION,
-                  "params": self.get_params(), "n_references": self.n_references,
-                  "calibration": self.calibration()}
-        (folder / _CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        torch.save({"memory_bank": self.memory_bank, "bank_sources": self.bank_sources,
-                    "loo_scores": self.loo_scores}, folder / _STATE_FILE)
+        save_folder("PatchCore", path, fmt=_FORMAT, version=_FORMAT_VERSION,
+                    config={"params": self.get_params(), "n_references": self.n_references,
+                            "calibration": self.calibration()},
+                    state={"memory_bank": self.memory_bank, "bank_sources": self.bank_sources,
+                           "loo_scores": self.loo_scores})
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", weights_path: str | None = None) -> "PatchCore":
         """Load a detector written by :meth:`save` (no pickled objects are read)."""
-        folder = Path(path)
-        config_file, state_file = folder / _CONFIG_FILE, folder / _STATE_FILE
-        if not config_file.is_file() or not state_file.is_file():
-            raise FileNotFoundError(
-                f"PatchCore.load: {folder} is not a saved PatchCore (expected {_CONFIG_FILE} and {_STATE_FILE})."
-            )
-        try:
-            config = json.loads(config_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"PatchCore.load: {config_file} is not valid JSON ({exc}).") from exc
-        if config.get("format") != "logiscan.patchcore" or config.get("version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"PatchCore.load: {config_file} has format {config.get('format')!r} version "
-                f"{config.get('version')!r}; expected 'logiscan.patchcore' version {_FORMAT_VERSION}."
-            )
+        config, state = load_folder("PatchCore", path, fmt=_FORMAT, version=_FORMAT_VERSION)
         detector = cls(**config["params"], device=device, weights_path=weights_path)
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
         detector.memory_bank = state["memory_bank"]
         detector.bank_sources = state["bank_sources"]
         detector.loo_scores = state["loo_scores"]
