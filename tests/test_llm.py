@@ -152,6 +152,34 @@ def test_llamacpp_honours_stop(smol):
     assert reply.usage_metadata["output_tokens"] < 16
 
 
+def test_repetition_cut_collapses_a_loop_and_leaves_code_alone():
+    from agent.llm.robust import repetition_cut
+
+    loop = "def f(x):\n    # same\n    # same\n    # same\n"
+    assert repetition_cut(loop, 3) is None  # two repeats after the first: not yet a loop
+    looped = loop + "    # same\n"
+    cut = repetition_cut(looped, 3)
+    assert looped[:cut] == "def f(x):\n    # same\n"
+    assert repetition_cut(looped + "    # sa", 3) == cut  # an unfinished line does not count
+    # code that repeats lines, but not in a row, or blank lines, is not a loop
+    code = "if a:\n    return 1\nelse:\n    return 1\n\n\n\n\n"
+    assert repetition_cut(code, 3) is None
+    assert repetition_cut(looped, 0) is None
+
+
+@pytest.mark.slow
+def test_llamacpp_stops_a_repetition_loop():
+    _installed("smollm2-135m")
+    prompt = [HumanMessage("# same\n# same\n# same\n# same\nContinue this text exactly:\n# same\n# same\n")]
+    free = make_chat_model(LLMConfig(model="smollm2-135m", max_tokens=120, n_ctx=1024, max_repeated_lines=0))
+    looping = free.invoke(prompt)
+    assert looping.content.count("# same") > 10 and looping.response_metadata["finish_reason"] == "length"
+    stopped = make_chat_model(LLMConfig(model="smollm2-135m", max_tokens=120, n_ctx=1024)).invoke(prompt)
+    assert stopped.response_metadata["finish_reason"] == "repetition"
+    assert stopped.content.strip() == "# same"  # the loop collapsed to one line
+    assert stopped.usage_metadata["output_tokens"] < 10 < looping.usage_metadata["output_tokens"]
+
+
 @pytest.mark.slow
 def test_llamacpp_timeout_stops_generation():
     _installed("smollm2-135m")

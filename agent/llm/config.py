@@ -34,6 +34,9 @@ class LLMConfig(BaseModel):
     n_threads: int | None = Field(default=None, ge=1)
     seed: int = Field(default=0, ge=0)
     timeout_s: float = Field(default=120.0, gt=0)
+    max_repeated_lines: int = Field(
+        default=3, ge=0,
+        description="llama.cpp: stop decoding when a line repeats this many times in a row (0: never)")
     device_map: str = "auto"
     dtype: str = "bfloat16"
 
@@ -92,6 +95,8 @@ def model_id(config: LLMConfig | None = None) -> str:
     else:
         core = f"{config.model}@{config.base_url or 'api.openai.com'}"
     settings = f"t={config.temperature:g},seed={config.seed},max={config.max_tokens}"
+    if config.backend == "llamacpp" and config.max_repeated_lines:
+        settings += f",rep={config.max_repeated_lines}"  # a loop cut short changes what repairs see
     return f"{config.backend}:{core}|{settings}"
 
 
@@ -127,7 +132,7 @@ def _build(config: LLMConfig) -> BaseChatModel:
         return LlamaCppChatModel(
             model_path=str(path), model_name=name, n_ctx=config.n_ctx, n_threads=config.n_threads,
             seed=config.seed, temperature=config.temperature, max_tokens=config.max_tokens,
-            timeout_s=config.timeout_s,
+            timeout_s=config.timeout_s, max_repeated_lines=config.max_repeated_lines,
         )
     if config.backend == "transformers":
         from .vlm import TransformersVLMChatModel

@@ -30,6 +30,7 @@ from pydantic import Field
 
 from .errors import LLMError, LLMTimeoutError
 from .messages import to_text_only_dicts
+from .robust import repetition_cut
 
 # One Llama per (file, context, threads): loading is the expensive part and the
 # weights are shared by every chat model built on them. llama.cpp contexts are not
@@ -182,6 +183,10 @@ class LlamaCppChatModel(BaseChatModel):
     temperature: float = 0.0
     max_tokens: int = 512
     timeout_s: float | None = Field(default=None, description="generation stops (and raises) after this")
+    max_repeated_lines: int = Field(
+        default=3, ge=0,
+        description="decoding stops when a line repeats this many times in a row (a greedy loop); "
+                    "the answer keeps one copy and ends with finish_reason 'repetition'; 0 never stops")
 
     @property
     def _llm_type(self) -> str:
@@ -239,23 +244,36 @@ class LlamaCppChatModel(BaseChatModel):
                     # the generator ends decoding), so the model is free for the next call at once.
                     pieces: list[str] = []
                     finish_reason = None
+                    decoded = ""  # everything decoded, repeats included (the answer may be cut shorter)
                     stream = llama.create_chat_completion(messages=payload, seed=seed, stream=True, **common)
                     try:
                         for chunk in stream:
                             choice = chunk["choices"][0]
                             delta = choice.get("delta") or {}
-                            if delta.get("content"):
-                                pieces.append(delta["content"])
+                            content = delta.get("content")
+                            if content:
+                                pieces.append(content)
                             finish_reason = choice.get("finish_reason") or finish_reason
                             if deadline is not None and time.monotonic() > deadline and finish_reason is None:
                                 expired = True
                                 break
+                            if content and "\n" in content and finish_reason is None:
+                                cut = repetition_cut("".join(pieces), self.max_repeated_lines)
+                                if cut is not None:
+                                    decoded = "".join(pieces)
+                                    pieces, finish_reason = [decoded[:cut]], "repetition"
+                                    break
                     finally:
                         stream.close()
                     text = "".join(pieces)
-                    generated = len(llama.tokenize(text.encode(), add_bos=False, special=True)) if text else 0
-                    # The context holds the prompt plus the generated tokens but the last (never fed back).
-                    prompt_tokens = max(0, llama.n_tokens - max(0, generated - 1))
+                    decoded = decoded or text
+
+                    def tokens(s: str) -> int:
+                        return len(llama.tokenize(s.encode(), add_bos=False, special=True)) if s else 0
+
+                    generated = tokens(text)
+                    # The context holds the prompt plus the decoded tokens but the last (never fed back).
+                    prompt_tokens = max(0, llama.n_tokens - max(0, tokens(decoded) - 1))
                     response = {
                         "choices": [{"message": {"content": text}, "finish_reason": finish_reason}],
                         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": generated,

@@ -88,3 +88,26 @@ def extract_code(text: str | None) -> str | None:
     if not blocks and _looks_like_code(text.strip()):
         return text.strip() + "\n"
     return None
+
+
+def repetition_cut(text: str, max_repeats: int) -> int | None:
+    """Where to cut ``text`` when it ends in a loop: the same non-blank line ``max_repeats``
+    times in a row after its first occurrence. Returns the offset just past the first
+    occurrence (the loop collapsed to one line), or ``None`` while the text is not looping.
+
+    Small models decoding greedily fall into such loops (a comment line repeated until
+    ``max_tokens``); stopping at the first repeats saves the rest of the budget, and the
+    collapsed answer is short enough not to be copied back by a repair round.
+    """
+    if max_repeats < 1:
+        return None
+    lines = text.split("\n")[:-1]  # complete lines only
+    if len(lines) < max_repeats + 1:
+        return None
+    last = lines[-1].strip()
+    if not last or any(line.strip() != last for line in lines[-(max_repeats + 1):]):
+        return None
+    first = len(lines) - (max_repeats + 1)
+    while first > 0 and lines[first - 1].strip() == last:
+        first -= 1
+    return sum(len(line) + 1 for line in lines[:first + 1])
