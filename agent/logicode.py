@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 PRELUDE = "import math\nimport logicode as lc\n"
 MODEL_FAILURE = "the language model failed"
+REPEATED_ANSWER = "The repair repeated an answer that was already rejected; no further rounds."
 SYSTEM_PROMPT = (
     "You are an expert Python programmer who writes short, correct inspection checks. "
     "You only use the helpers you are given."
@@ -109,11 +110,14 @@ class LogiCodeProgram(BaseModel):
 
     @property
     def unavailable(self) -> dict[str, str]:
-        return {
-            f.rule_id: (f.problems[-1] if f.problems else "no program")
-            for f in self.functions
-            if not f.ok
-        }
+        """rule id -> why it has no check: the last validation problem (not the note that a
+        repair repeated itself)."""
+        reasons = {}
+        for f in self.functions:
+            if not f.ok:
+                found = [p for p in f.problems if p != REPEATED_ANSWER]
+                reasons[f.rule_id] = found[-1] if found else (f.problems[-1] if f.problems else "no program")
+        return reasons
 
     @property
     def model_failed(self) -> bool:
@@ -249,6 +253,15 @@ class ProgramCache:
         return self.directory / f"{key}.py" if self.directory else None
 
 
+def _answer_key(answer: str) -> str:
+    """An answer's code with blank lines and trailing spaces dropped: two answers with the same
+    key validate the same way."""
+    from agent.llm import extract_code
+
+    code = extract_code(answer) or answer
+    return "\n".join(line.rstrip() for line in code.splitlines() if line.strip())
+
+
 def _describe_value(value: Any) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) < 200 else text[:200] + "..."
@@ -343,6 +356,7 @@ class LogiCodeGenerator:
                 logicode_rule_request(rules, rule, parts_table=parts_table, api_reference=self.api_reference)
             ),
         ]
+        rejected: set[str] = set()
         for attempt in range(1 + self.repair_rounds):
             result.attempts = attempt + 1
             try:
@@ -350,6 +364,12 @@ class LogiCodeGenerator:
             except Exception as exc:  # a model that times out or errors: record and give up this rule
                 result.problems.append(f"{MODEL_FAILURE}: {exc}")
                 break
+            if _answer_key(answer) in rejected:
+                # The model gave an answer it was already told is wrong: more rounds of the same
+                # conversation rarely change its mind, and each costs a full generation.
+                result.problems.append(REPEATED_ANSWER)
+                break
+            rejected.add(_answer_key(answer))
             source, problem, observations = self._validate(answer, fname, rule, scenes, references, require_pass)
             if problem is None:
                 result.source = source

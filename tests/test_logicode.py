@@ -7,7 +7,7 @@ the static check and the helper module are the real ones.
 import pytest
 
 import sandbox
-from agent.logicode import LogiCodeGenerator, ProgramCache, assemble, clean_function, program_key
+from agent.logicode import REPEATED_ANSWER, LogiCodeGenerator, ProgramCache, assemble, clean_function, program_key
 from prompts import load_rules
 
 
@@ -123,6 +123,19 @@ def test_forbidden_and_broken_code_is_rejected_then_given_up():
     # The program still checks what it can.
     res = sandbox.run_program(program.source, "check", {"scene": _scene(3), "references": REFS})
     assert res.ok and [f["rule_id"] for f in res.value] == ["r2"]
+
+
+def test_a_repair_that_repeats_a_rejected_answer_ends_the_rule():
+    wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
+    # the same code again, up to blank lines and trailing spaces: validating it again is pointless
+    model = ScriptedModel([wrong, wrong.replace("\n    return", "  \n\n    return"), GOOD_R2])
+    program = _generate(model)
+    r1 = program.functions[0]
+    assert not r1.ok and r1.attempts == 2 and len(model.requests) == 3
+    assert r1.problems[-1] == REPEATED_ANSWER
+    # the reason the verdict gives is the validation problem, not the repetition
+    assert "violated on normal reference image(s)" in program.unavailable["r1"]
+    assert program.functions[1].ok
 
 
 def test_model_failure_is_recorded_not_raised():
