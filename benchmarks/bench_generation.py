@@ -63,8 +63,9 @@ def main() -> int:
         print(f"no program: {ctx.logic_note}")
         return 1
     print(f"model load: {load_s:.1f} s; fit perception: {ctx.timings.get('fit_perception', 0):.1f} s")
+    reasons = program.unavailable
     for f in program.functions:
-        status = "validated" if f.ok else f"NOT validated ({(f.problems[-1] if f.problems else '')[:120]})"
+        status = "validated" if f.ok else f"NOT validated ({reasons[f.rule_id][:120]})"
         print(f"rule {f.rule_id}: {f.seconds:.1f} s, {f.attempts} attempt(s), {status}")
     total = program.generation_seconds
     ok = sum(f.ok for f in program.functions)
