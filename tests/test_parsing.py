@@ -71,6 +71,25 @@ def test_parts_counts_and_positions(parser):
     assert abs(x0 - 20) <= 3 and abs(x1 - 260) <= 3 and abs(y0 - 20) <= 3 and abs(y1 - 180) <= 3
 
 
+def test_a_fragment_beside_its_object_is_not_counted(parser):
+    img = _scene_image(np.random.default_rng(5))
+    orange_rgb = img[50, 60].copy()
+    # a sliver of the first disc (centre near (60, 50), radius 17), cut off by a 3-pixel gap
+    # (a shadow line across a fruit)
+    img[43:58, 77:80] = (232, 232, 226)
+    img[43:58, 80:88] = orange_rgb
+    # and a small disc of the same colour on its own, far from the others
+    yy, xx = np.mgrid[:H, :W]
+    img[(yy - 160) ** 2 + (xx - 110) ** 2 < 6 ** 2] = orange_rgb
+    scene = parser.parse(img)
+    orange = _parts_by(scene, "orange")[0]
+    # the sliver joins its disc; the lone small disc is an object of its own
+    assert orange.count == 3, [(c.part, c.area, c.centroid) for c in scene.components if c.part == orange.id]
+    seg = scene.segmentation
+    sy, sx = seg.shape[0] / H, seg.shape[1] / W
+    assert seg[int(50 * sy), int(84 * sx)] == scene.parts.index(orange) + 1  # still painted as the part
+
+
 def test_same_colour_different_shape_are_different_parts(parser):
     scene = parser.parse(_scene_image(np.random.default_rng(6)))
     grey = [p for p in scene.parts if p.color_name in ("gray", "dark gray")]

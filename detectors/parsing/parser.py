@@ -25,7 +25,10 @@ How it works (one algorithm for every category; all parameters come from the ref
    objects) and clustered across the references, so that objects of one colour but different
    shape (screws, washers) can become different parts. Groups seen in too few references are
    noise and ignored; at most ``max_parts`` parts are kept.
-6. Each group is a part with a stable id ``p1..pN`` (by decreasing area in the references),
+6. A piece much smaller than its part's components in the references, lying next to a larger
+   piece of the same part, is a fragment of that piece (a fruit's shaded side, a glint on a
+   nut): it is painted with the part but not counted (``FRAGMENT_SHARE``).
+7. Each group is a part with a stable id ``p1..pN`` (by decreasing area in the references),
    described in words for a language model, with the references' count/area statistics. The
    composition score compares a scene with the references.
 """
@@ -49,7 +52,8 @@ from .colors import color_name, rgb_to_lab
 from .composition import CompositionScorer, Deviation
 
 #: 2: the composition scorer's leave-one-out calibration changed; older fits are refitted
-FORMAT_VERSION = 2
+#: 3: fragments next to a larger piece of their part are not counted (typical areas saved)
+FORMAT_VERSION = 3
 #: lightness is noisier than hue under shading and specular highlights
 LIGHTNESS_WEIGHT = 0.4
 #: blur (downscaled pixels) before clustering: shading and texture speckle stay inside a part
@@ -92,6 +96,10 @@ SURFACE_WINDOW = 0.2
 SURFACE_BLOCK = 4
 #: a thing threshold below this (Lab units) would turn sensor noise and print into objects
 MIN_THING_CONTRAST = 12.0
+#: a piece under this share of its part's median component area in the references, next to a
+#: larger piece of the same part (bounding boxes within FRAGMENT_GAP pixels), is a fragment of it
+FRAGMENT_SHARE = 0.5
+FRAGMENT_GAP = 6
 
 
 class _ShapeGroup:
@@ -165,6 +173,7 @@ class SceneParser:
         self.seed = int(seed)
         self._backbone = None
         self._fitted = False
+        self._typical_area: dict[str, float] = {}  # part id -> median component area in the references
         self.reference_scenes: list[Scene] = []
         self.part_names: dict[str, str] = {}
 
@@ -282,6 +291,10 @@ class SceneParser:
         self._fitted = True
         self._grid = None
         self._part_order()
+        self._typical_area = {}
+        scenes = [self._parse_small(s, size, lab) for s, size, lab in zip(smalls, sizes, labels)]
+        self._fit_statistics(scenes)
+        self._typical_area = self._typical_areas(scenes)
         scenes = [self._parse_small(s, size, lab) for s, size, lab in zip(smalls, sizes, labels)]
         self._fit_statistics(scenes)
         self._grid = self._detect_grid(scenes)
@@ -601,6 +614,7 @@ class SceneParser:
         for g in self._groups:
             by_cluster.setdefault(g.cluster, []).append(g)
         lab_img = rgb_to_lab(small)
+        pieces: list[tuple[dict, _ShapeGroup]] = []
         for c, groups in by_cluster.items():
             found = self._objects(labels, lab_img) if c == OBJECTS else self._regions(labels == c)
             for props in found:
@@ -608,28 +622,31 @@ class SceneParser:
                     continue
                 f = _scaled(props["shape"])
                 g = min(groups, key=lambda gg: float(np.linalg.norm(gg.center - f)))
-                if g.noise:
-                    continue
-                sl = props["slice"]
-                segmentation[sl][props["mask"]] = part_ids.index(g.part_id) + 1
-                rgb = small[sl][props["mask"]].mean(0)
-                rgb_t = (int(round(rgb[0])), int(round(rgb[1])), int(round(rgb[2])))
-                cx, cy = props["centroid"]
-                rx, ry = (cx - x0) / pw, (cy - y0) / ph
-                rx, ry = float(np.clip(rx, 0, 1)), float(np.clip(ry, 0, 1))
-                bx0, by0, bx1, by1 = props["bbox"]
-                scale_len = np.sqrt(sx * sy)
-                comps.append(Component(
-                    id=len(comps), part=g.part_id, area=props["area"] * sx * sy,
-                    area_frac=props["area"] / product_area,
-                    centroid=((cx + 0.5) * sx, (cy + 0.5) * sy), centroid_rel=(rx, ry),
-                    bbox=(int(bx0 * sx), int(by0 * sy), int(np.ceil(bx1 * sx)), int(np.ceil(by1 * sy))),
-                    orientation=props["orientation"], major_axis=props["major"] * scale_len,
-                    minor_axis=props["minor"] * scale_len, color_rgb=rgb_t, color_name=color_name(rgb_t),
-                    horizontal="left" if rx < 1 / 3 else ("right" if rx > 2 / 3 else "center"),
-                    vertical="top" if ry < 1 / 3 else ("bottom" if ry > 2 / 3 else "middle"),
-                    grid_cell=self._grid_cell(rx, ry),
-                ))
+                if not g.noise:
+                    pieces.append((props, g))
+        counted = self._absorb_fragments(pieces, sx * sy)
+        for props, g in pieces:  # fragments are painted with their part, not counted
+            segmentation[props["slice"]][props["mask"]] = part_ids.index(g.part_id) + 1
+        for props, g in counted:
+            sl = props["slice"]
+            rgb = small[sl][props["mask"]].mean(0)
+            rgb_t = (int(round(rgb[0])), int(round(rgb[1])), int(round(rgb[2])))
+            cx, cy = props["centroid"]
+            rx, ry = (cx - x0) / pw, (cy - y0) / ph
+            rx, ry = float(np.clip(rx, 0, 1)), float(np.clip(ry, 0, 1))
+            bx0, by0, bx1, by1 = props["bbox"]
+            scale_len = np.sqrt(sx * sy)
+            comps.append(Component(
+                id=len(comps), part=g.part_id, area=props["area"] * sx * sy,
+                area_frac=props["area"] / product_area,
+                centroid=((cx + 0.5) * sx, (cy + 0.5) * sy), centroid_rel=(rx, ry),
+                bbox=(int(bx0 * sx), int(by0 * sy), int(np.ceil(bx1 * sx)), int(np.ceil(by1 * sy))),
+                orientation=props["orientation"], major_axis=props["major"] * scale_len,
+                minor_axis=props["minor"] * scale_len, color_rgb=rgb_t, color_name=color_name(rgb_t),
+                horizontal="left" if rx < 1 / 3 else ("right" if rx > 2 / 3 else "center"),
+                vertical="top" if ry < 1 / 3 else ("bottom" if ry > 2 / 3 else "middle"),
+                grid_cell=self._grid_cell(rx, ry),
+            ))
         parts = []
         for pid in part_ids:
             mine = [c for c in comps if c.part == pid]
@@ -646,6 +663,29 @@ class SceneParser:
             grid=None if self._grid is None else (len(self._grid[1]) + 1, len(self._grid[0]) + 1),
             parts=parts, components=comps, segmentation=segmentation,
         )
+
+    def _absorb_fragments(self, pieces: list[tuple[dict, "_ShapeGroup"]], px_area: float) -> list[tuple[dict, "_ShapeGroup"]]:
+        """A piece much smaller than its part's components in the references, lying next to a
+        larger piece of the same part, is a fragment of it (a shaded fruit, a glinting nut, a
+        bottle cut by its label): its area joins that piece and it is not counted on its own."""
+        typical = self._typical_area
+        if not typical:
+            return pieces
+        kept: list[tuple[dict, _ShapeGroup]] = []
+        order = sorted(range(len(pieces)), key=lambda i: -pieces[i][0]["area"])
+        for i in order:
+            props, g = pieces[i]
+            ref = typical.get(g.part_id)
+            if ref and props["area"] * px_area < FRAGMENT_SHARE * ref:
+                x0, y0, x1, y1 = props["bbox"]
+                host = next((h for h, hg in kept if hg.part_id == g.part_id
+                             and h["bbox"][0] - FRAGMENT_GAP <= x1 and x0 <= h["bbox"][2] + FRAGMENT_GAP
+                             and h["bbox"][1] - FRAGMENT_GAP <= y1 and y0 <= h["bbox"][3] + FRAGMENT_GAP), None)
+                if host is not None:
+                    host["area"] += props["area"]  # the part's area stays whole
+                    continue
+            kept.append((props, g))
+        return kept
 
     def _product_box(self, fg: np.ndarray) -> tuple[int, int, int, int]:
         lab, n = ndi.label(fg)
@@ -665,6 +705,15 @@ class SceneParser:
     # ------------------------------------------------------------------ statistics and words
     def part_ids(self) -> list[str]:
         return sorted({g.part_id for g in self._groups if not g.noise}, key=lambda p: int(p[1:]))
+
+    def _typical_areas(self, scenes: Sequence[Scene]) -> dict[str, float]:
+        """Each part's median component area in the references (full-resolution pixels)."""
+        out = {}
+        for pid in self.part_ids():
+            areas = [c.area for s in scenes for c in s.components if c.part == pid]
+            if areas:
+                out[pid] = float(np.median(areas))
+        return out
 
     def _fit_statistics(self, scenes: Sequence[Scene]) -> None:
         ids = self.part_ids()
@@ -691,6 +740,7 @@ class SceneParser:
                     p.id = rename[p.id]
             counts = {rename[k]: v for k, v in counts.items()}
             areas = {rename[k]: v for k, v in areas.items()}
+            self._typical_area = {rename[k]: v for k, v in getattr(self, "_typical_area", {}).items()}
         info: dict[str, dict] = {}
         for p in self.part_ids():
             comps = [c for s in scenes for c in s.components if c.part == p]
@@ -828,6 +878,7 @@ class SceneParser:
             "pca": None if self._pca is None else {"components": self._pca.tolist(), "mean": self._pca_mean.tolist(),
                                                    "scale": self._pca_scale},
             "groups": [g.to_dict() for g in self._groups],
+            "typical_area": self._typical_area,
             "grid": None if self._grid is None else [list(self._grid[0]), list(self._grid[1])],
             "part_names": self.part_names,
             "part_info": {p: {**{k: v for k, v in i.items() if not isinstance(v, Stats)},
@@ -866,6 +917,7 @@ class SceneParser:
             obj._pca_mean = np.asarray(data["pca"]["mean"], float)
             obj._pca_scale = float(data["pca"]["scale"])
         obj._groups = [_ShapeGroup.from_dict(g) for g in data["groups"]]
+        obj._typical_area = {str(k): float(v) for k, v in data["typical_area"].items()}
         obj._grid = None if data["grid"] is None else (list(data["grid"][0]), list(data["grid"][1]))
         obj.part_names = dict(data["part_names"])
         obj._part_info = {p: {k: (Stats.model_validate(v) if k.startswith("ref_") else v) for k, v in i.items()}
