@@ -79,13 +79,19 @@ class PatchCore(Detector):
     neighbourhood: side of the local average-pooling window (patch context). 1 (none) by
         default: on the synthetic set, 3x3 aggregation diluted small defects (mean structural
         AUROC 0.80 with 3, 0.85 with 1, 0.61 with 5).
-    coreset_ratio: fraction of reference patches kept in the memory bank.
+    coreset_ratio: fraction of reference patches (rotated copies included) kept in the memory bank.
     max_bank_size: hard cap on the memory bank (bounds memory and scoring time).
     sigma: Gaussian smoothing of the map, in network-input pixels.
     calibration_sigmas: where 0.5 lies, in leave-one-out standard deviations above their mean.
-    augment: "none", "rot90" or "dihedral": add rotated (and mirrored) references to the
-        memory bank, for products whose parts lie at any angle (screws, nuts). It slows
-        ``fit`` by the number of variants, and hurts on products with a fixed layout.
+    augment: "rot90" (default), "dihedral" or "none": add rotated (and mirrored) references
+        to the memory bank, so that parts lying at other angles than the few references show
+        (screws, nuts, almonds, a pin's needle) are not defects. On the synthetic set (three
+        seeds, 4 references, 10 good / 6 structural images per category) "rot90" raised the
+        structural AUROC from 0.77 to 0.81 (screw bag 0.36 to 0.75; pushpins 0.74 to 0.69).
+        The bank grows with the copies: ``fit`` takes longer (the coreset) and ``score`` about
+        twice as long. Keeping the bank at its unaugmented size scored as well (AUROC 0.81) but
+        thinned its cover of the upright views: the references' leave-one-out scores rose and a
+        real contamination's calibrated score fell below 0.5.
     """
 
     name = "patchcore"
@@ -94,7 +100,7 @@ class PatchCore(Detector):
                  image_size: int = 448, neighbourhood: int = 1, coreset_ratio: float = 0.25,
                  max_bank_size: int = 16384, projection_dim: int = 128, sigma: float = 4.0,
                  calibration_sigmas: float = 2.0, max_references: int = 16, seed: int = 0,
-                 grid_layer: str | None = None, augment: str = "none",
+                 grid_layer: str | None = None, augment: str = "rot90",
                  device: str = "cpu", weights_path: str | None = None):
         cfg = backbone_config(backbone)  # fails early, with the list of names, on a typo
         self.backbone_name = backbone
