@@ -40,8 +40,11 @@ def test_model_id_is_stable_and_separates_what_changes_answers():
     assert model_id(base).startswith("llamacpp:smollm2-135m@b179c9523d0e")
     assert model_id(base) != model_id(LLMConfig(model="smollm2-135m", temperature=0.7))
     assert model_id(base) != model_id(LLMConfig(model="qwen2.5-coder-0.5b"))
+    # a loop cut short changes what a repair round sees
+    assert model_id(base) != model_id(LLMConfig(model="smollm2-135m", max_repeated_lines=0))
     served = LLMConfig(backend="openai", model="qwen", base_url="http://127.0.0.1:9/v1")
     assert model_id(served).startswith("openai:qwen@http://127.0.0.1:9/v1")
+    assert "rep=" not in model_id(served)  # the repetition stop is llama.cpp's
 
 
 def test_unknown_llamacpp_model_and_missing_weights_are_clear(monkeypatch, tmp_path):
