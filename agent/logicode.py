@@ -116,7 +116,7 @@ class LogiCodeProgram(BaseModel):
         for f in self.functions:
             if not f.ok:
                 found = [p for p in f.problems if p != REPEATED_ANSWER]
-                reasons[f.rule_id] = found[-1] if found else (f.problems[-1] if f.problems else "no program")
+                reasons[f.rule_id] = found[-1] if found else "no program"
         return reasons
 
     @property
@@ -364,12 +364,13 @@ class LogiCodeGenerator:
             except Exception as exc:  # a model that times out or errors: record and give up this rule
                 result.problems.append(f"{MODEL_FAILURE}: {exc}")
                 break
-            if _answer_key(answer) in rejected:
+            key = _answer_key(answer)
+            if key in rejected:
                 # The model gave an answer it was already told is wrong: more rounds of the same
                 # conversation rarely change its mind, and each costs a full generation.
                 result.problems.append(REPEATED_ANSWER)
                 break
-            rejected.add(_answer_key(answer))
+            rejected.add(key)
             source, problem, observations = self._validate(answer, fname, rule, scenes, references, require_pass)
             if problem is None:
                 result.source = source

@@ -244,7 +244,7 @@ class LlamaCppChatModel(BaseChatModel):
                     # the generator ends decoding), so the model is free for the next call at once.
                     pieces: list[str] = []
                     finish_reason = None
-                    decoded = ""  # everything decoded, repeats included (the answer may be cut shorter)
+                    cut = None  # where a repetition loop starts, if decoding fell into one
                     stream = llama.create_chat_completion(messages=payload, seed=seed, stream=True, **common)
                     try:
                         for chunk in stream:
@@ -260,13 +260,12 @@ class LlamaCppChatModel(BaseChatModel):
                             if content and "\n" in content and finish_reason is None:
                                 cut = repetition_cut("".join(pieces), self.max_repeated_lines)
                                 if cut is not None:
-                                    decoded = "".join(pieces)
-                                    pieces, finish_reason = [decoded[:cut]], "repetition"
+                                    finish_reason = "repetition"
                                     break
                     finally:
                         stream.close()
-                    text = "".join(pieces)
-                    decoded = decoded or text
+                    decoded = "".join(pieces)  # repeats included: they are in the context
+                    text = decoded if cut is None else decoded[:cut]
 
                     def tokens(s: str) -> int:
                         return len(llama.tokenize(s.encode(), add_bos=False, special=True)) if s else 0

@@ -291,10 +291,10 @@ class SceneParser:
         self._fitted = True
         self._grid = None
         self._part_order()
+        # a first parse, every piece counted, gives each part's typical component area
         self._typical_area = {}
-        scenes = [self._parse_small(s, size, lab) for s, size, lab in zip(smalls, sizes, labels)]
-        self._fit_statistics(scenes)
-        self._typical_area = self._typical_areas(scenes)
+        self._typical_area = self._typical_areas(
+            [self._parse_small(s, size, lab) for s, size, lab in zip(smalls, sizes, labels)])
         scenes = [self._parse_small(s, size, lab) for s, size, lab in zip(smalls, sizes, labels)]
         self._fit_statistics(scenes)
         self._grid = self._detect_grid(scenes)
