@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 from scipy import ndimage
 
-API_VERSION = "2"  # 2: lc.color_name uses the scene parser's colour words
+API_VERSION = "3"  # 2: lc.color_name uses the scene parser's colour words; 3: lc.calibrated
 
 API_REFERENCE = """\
 lc.part(scene, name) -> part dict {id,name,description,color_name,count,total_area,ref_count,ref_area}; name = id like "p2" or a name, case-insensitive
@@ -364,9 +364,64 @@ def finding(
     }
 
 
+def _within_observed(value: Any, reference_values: list, tolerance: float, stds: float) -> bool:
+    """Does ``value`` lie where the references' values do? Numbers: inside their range widened
+    as in :func:`within_references`; lists of numbers: element by element (same length);
+    anything else: equal to one of them."""
+    value = _plain(value)
+    refs = [_plain(v) for v in reference_values]
+    if _is_number(value) and refs and all(_is_number(v) for v in refs):
+        arr = np.asarray(refs, dtype=float)
+        lo, hi = float(arr.min()), float(arr.max())
+        margin = tolerance * max(abs(lo), abs(hi)) + stds * float(arr.std())
+        return lo - margin <= float(value) <= hi + margin
+    if (isinstance(value, list) and refs and all(isinstance(v, list) and len(v) == len(value) for v in refs)
+            and all(_is_number(x) for v in [value, *refs] for x in v)):
+        return all(_within_observed(x, [v[i] for v in refs], tolerance, stds) for i, x in enumerate(value))
+    return value in refs
+
+
+def _typical_observed(reference_values: list) -> Any:
+    refs = [_plain(v) for v in reference_values]
+    if refs and all(_is_number(v) for v in refs):
+        median = statistics.median(refs)
+        return int(median) if float(median).is_integer() and all(isinstance(v, int) for v in refs) else float(median)
+    if refs and all(isinstance(v, list) and len(v) == len(refs[0]) and all(_is_number(x) for x in v) for v in refs):
+        return [_typical_observed([v[i] for v in refs]) for i in range(len(refs[0]))]
+    counts = Counter(repr(v) for v in refs)
+    winner = sorted(k for k, n in counts.items() if n == max(counts.values()))[0] if refs else None
+    return next((v for v in refs if repr(v) == winner), None)
+
+
+def calibrated(
+    rule_id: Any, measure: Callable[[dict, list], dict], scene: dict, references: list,
+    tolerance: float = 0.15, stds: float = 3.0,
+) -> dict:
+    """Judge the value a check measures against the references instead of its own verdict.
+
+    ``measure(scene, references)`` is a rule check that returns a finding. Its ``observed``
+    value is taken on ``scene`` and on every reference; the finding passes when the scene's
+    value lies where the references' values do (numbers: their range widened by ``tolerance``
+    of its size plus ``stds`` standard deviations; lists of numbers: element by element;
+    other values: equal to one of them). ``expected`` is the references' typical value."""
+    found = measure(scene, references)
+    if not isinstance(found, dict):
+        raise TypeError("the measured check returned no finding")
+    reference_values = [measure(r, references).get("observed") for r in references]
+    if not reference_values:
+        raise ValueError("calibrated() needs at least one reference")
+    passed = _within_observed(found.get("observed"), reference_values, tolerance, stds)
+    described = str(found.get("explanation") or "").strip()
+    note = "as measured on the normal references: " + ", ".join(str(_plain(v)) for v in reference_values)
+    out = finding(rule_id, passed, found.get("observed"), _typical_observed(reference_values),
+                  f"{described} ({note})" if described else note)
+    out["evidence"] = found.get("evidence") or []
+    return out
+
+
 __all__ = [
     "API_VERSION", "API_REFERENCE", "PALETTE", "part", "parts_like", "components", "count", "areas",
     "total_area", "lengths", "colors", "boxes", "positions", "grid_counts", "ref_values", "typical",
     "within_references", "color_name", "relative_position", "count_components", "component_areas",
-    "centroids", "finding",
+    "centroids", "finding", "calibrated",
 ]

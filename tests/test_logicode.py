@@ -64,8 +64,8 @@ def _generator(model, rounds=3, ground=False):
                              api_reference=sandbox.API_REFERENCE, repair_rounds=rounds, ground_rules=ground)
 
 
-def _generate(model, rules=RULES, rounds=3, ground=False):
-    return _generator(model, rounds, ground).generate(rules, parts_table=PARTS, reference_scenes=REFS, key="k",
+def _generate(model, rules=RULES, rounds=3, ground=False, refs=REFS):
+    return _generator(model, rounds, ground).generate(rules, parts_table=PARTS, reference_scenes=refs, key="k",
                                                       model_id="fake")
 
 
@@ -98,13 +98,51 @@ def test_prose_then_code_is_repaired():
 
 
 def test_program_that_flags_normal_references_is_repaired_with_observations():
+    # two references: too few to calibrate the check (see the calibration tests below)
     wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
     model = ScriptedModel([wrong, GOOD_R1, GOOD_R2])
-    program = _generate(model)
+    program = _generate(model, refs=REFS[:2])
     assert program.functions[0].ok and program.functions[0].attempts == 2
+    assert not program.functions[0].calibrated
     repair = model.requests[1][-1].content
-    assert "violated on normal reference image(s) [1, 2, 3]" in repair
+    assert "violated on normal reference image(s) [1, 2]" in repair
     assert "observed=3, expected=2" in repair
+
+
+def test_a_steady_measurement_with_a_wrong_verdict_is_calibrated_on_the_references():
+    # The model reads "two" where the parse sees three on every normal image: the verdict is
+    # wrong, the count is a faithful measurement, so it is judged against the references.
+    wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
+    model = ScriptedModel([wrong, GOOD_R2])
+    program = _generate(model)
+    r1 = program.functions[0]
+    assert r1.ok and r1.calibrated and r1.attempts == 1 and len(model.requests) == 2
+    assert "lc.calibrated('r1', check_r1_measured, scene, references)" in program.source
+    normal = sandbox.run_program(program.source, "check", {"scene": _scene(3), "references": REFS})
+    assert normal.ok and normal.value[0]["passed"] is True and normal.value[0]["expected"] == 3
+    for n in (2, 4):
+        odd = sandbox.run_program(program.source, "check", {"scene": _scene(n), "references": REFS})
+        finding = odd.value[0]
+        assert (finding["passed"], finding["observed"], finding["expected"]) == (False, n, 3)
+        assert "as measured on the normal references: 3, 3, 3" in finding["explanation"]
+
+
+def test_a_measurement_that_varies_between_the_references_is_not_calibrated():
+    varied = [_scene(1), _scene(3), _scene(8)]
+    wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
+    always = "```python\ndef check_r1(scene, references):\n    return lc.finding('r1', True, lc.count(scene, 'p1'), None)\n```"
+    model = ScriptedModel([wrong, always, GOOD_R2])
+    program = _generate(model, refs=varied)
+    r1 = program.functions[0]
+    assert r1.ok and not r1.calibrated and r1.attempts == 2
+    assert "varies between the normal references" in r1.problems[0] and "[3]" in r1.problems[0]
+
+
+def test_a_verdict_or_missing_value_is_not_calibrated():
+    verdict_only = GOOD_R1.replace("n == 3, n, 3", "n == 2, n == 2, True")
+    model = ScriptedModel([verdict_only, GOOD_R1, GOOD_R2])
+    program = _generate(model)
+    assert program.functions[0].attempts == 2 and not program.functions[0].calibrated
 
 
 def test_forbidden_and_broken_code_is_rejected_then_given_up():
@@ -129,7 +167,7 @@ def test_a_repair_that_repeats_a_rejected_answer_ends_the_rule():
     wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
     # the same code again, up to blank lines and trailing spaces: validating it again is pointless
     model = ScriptedModel([wrong, wrong.replace("\n    return", "  \n\n    return"), GOOD_R2])
-    program = _generate(model)
+    program = _generate(model, refs=REFS[:2])
     r1 = program.functions[0]
     assert not r1.ok and r1.attempts == 2 and len(model.requests) == 3
     assert r1.problems[-1] == REPEATED_ANSWER

@@ -397,10 +397,11 @@ def test_check_source_survives_pathological_sources():
 # -- the logicode helpers (in-process: they are plain functions) --------------------------------
 def test_api_reference_is_short_and_names_every_helper():
     lines = API_REFERENCE.strip().splitlines()
-    assert API_VERSION == "2"
+    assert API_VERSION == "3"
     assert len(lines) <= 40
+    # lc.calibrated is written by the agent around a model's check, never by the model
     for name in lc.__all__:
-        if name not in ("API_VERSION", "API_REFERENCE", "PALETTE"):
+        if name not in ("API_VERSION", "API_REFERENCE", "PALETTE", "calibrated"):
             assert f"lc.{name}(" in API_REFERENCE, name
 
 
@@ -454,6 +455,35 @@ def test_reference_statistics():
     assert not lc.within_references("blue", refs, lambda s: lc.colors(s, "p2")[0])
     with pytest.raises(ValueError, match="at least one reference"):
         lc.typical([], fn)
+
+
+def test_calibrated_judges_the_measured_value_against_the_references():
+    refs = [make_scene(screws=n) for n in (2, 2, 2)]
+
+    def count_says_three(scene, references):  # a wrong verdict around a faithful count
+        n = lc.count(scene, "p1")
+        return lc.finding("r1", n == 3, n, 3, "screws", evidence=lc.components(scene, "p1"))
+
+    normal = lc.calibrated("r1", count_says_three, make_scene(screws=2), refs)
+    assert (normal["passed"], normal["observed"], normal["expected"]) == (True, 2, 2)
+    extra = lc.calibrated("r1", count_says_three, make_scene(screws=3), refs)
+    assert (extra["passed"], extra["observed"], extra["expected"]) == (False, 3, 2)
+    assert extra["explanation"] == "screws (as measured on the normal references: 2, 2, 2)"
+    assert len(extra["evidence"]) == 3
+
+    def sizes(scene, references):  # lists of numbers: element by element, same length
+        return lc.finding("r2", False, sorted(lc.areas(scene, "p1")), None)
+
+    assert lc.calibrated("r2", sizes, make_scene(screws=2), refs)["passed"]
+    assert not lc.calibrated("r2", sizes, make_scene(screws=3), refs)["passed"]
+
+    def colour(scene, references):  # words: one of the references' words
+        return lc.finding("r3", False, lc.colors(scene, "p2")[0], "blue")
+
+    assert lc.calibrated("r3", colour, make_scene(cable_color="red"), refs)["expected"] == "red"
+    assert not lc.calibrated("r3", colour, make_scene(cable_color="blue"), refs)["passed"]
+    with pytest.raises(ValueError, match="at least one reference"):
+        lc.calibrated("r1", count_says_three, make_scene(), [])
 
 
 @pytest.mark.parametrize(
