@@ -17,7 +17,11 @@ measurement and judges its observed value against the references' values
 (``lc.calibrated``). It is accepted only when each reference lies within what the other
 references measure (leave-one-out), so a measurement that varies between normal images is
 still rejected and repaired. In the cached answers of the last agent benchmark, 45 of the
-rejections were of this kind and repairs rescued 2 of 46 rules.
+rejections were of this kind and repairs rescued 2 of 46 rules. With calibration, on the
+synthetic agent benchmark (4 references, fresh programs), the logical AUROC went from 0.753
+to 0.783, the structural one from 0.753 to 0.797, and the share of detected logical
+anomalies whose explanation names a failed rule with observed and expected values from
+0.00 to 0.38.
 """
 
 from __future__ import annotations

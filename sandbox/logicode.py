@@ -395,7 +395,7 @@ def _typical_observed(reference_values: list) -> Any:
 
 def calibrated(
     rule_id: Any, measure: Callable[[dict, list], dict], scene: dict, references: list,
-    tolerance: float = 0.15, stds: float = 3.0,
+    tolerance: float = 0.15, stds: float = 0.5,
 ) -> dict:
     """Judge the value a check measures against the references instead of its own verdict.
 
@@ -403,7 +403,13 @@ def calibrated(
     value is taken on ``scene`` and on every reference; the finding passes when the scene's
     value lies where the references' values do (numbers: their range widened by ``tolerance``
     of its size plus ``stds`` standard deviations; lists of numbers: element by element;
-    other values: equal to one of them). ``expected`` is the references' typical value."""
+    other values: equal to one of them). ``expected`` is the references' typical value.
+
+    The margin is narrow on purpose: the agent accepts a calibrated check only when every
+    reference passes it against the others, and that test must reject a measurement that
+    wanders between normal images (a count of 0 to 3 pieces where the product holds two).
+    With 3 standard deviations it accepted such counts on the synthetic screw bag, which then
+    passed almost every anomaly and failed normal images with an outlying count."""
     found = measure(scene, references)
     if not isinstance(found, dict):
         raise TypeError("the measured check returned no finding")
