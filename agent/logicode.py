@@ -233,13 +233,17 @@ def calibrate_function(source: str, function_name: str, rule_id: str) -> str:
 
 
 def _is_measurement(value: Any) -> bool:
-    """A value calibration can compare: a number, a list of numbers or a word; not a verdict
-    (bool) and not a missing value."""
+    """A value calibration can compare: a count, a list of counts or a word.
+
+    Not a verdict (bool), not a missing value, and not a continuous quantity: four references
+    cannot tell how far an area or a length wanders on normal images. On the real juice bottle
+    a calibrated total area (steady within 15 % on 4 references) failed on other normal
+    bottles and cut the logical AUROC from 0.94 to 0.76; a count either matches or not."""
     if isinstance(value, bool) or value is None:
         return False
-    if isinstance(value, (int, float, str)):
+    if isinstance(value, (int, str)):
         return True
-    return isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
 def program_key(rules: NormalityRules, refset_hash: str, api_version: str, model_id: str, parts_table: str) -> str:

@@ -138,9 +138,11 @@ def test_a_measurement_that_varies_between_the_references_is_not_calibrated():
     assert "varies between the normal references" in r1.problems[0] and "[3]" in r1.problems[0]
 
 
-def test_a_verdict_or_missing_value_is_not_calibrated():
-    verdict_only = GOOD_R1.replace("n == 3, n, 3", "n == 2, n == 2, True")
-    model = ScriptedModel([verdict_only, GOOD_R1, GOOD_R2])
+@pytest.mark.parametrize("observed", ["n == 2", "None", "lc.total_area(scene, 'p1')"],
+                         ids=["verdict", "missing", "continuous"])
+def test_a_verdict_a_missing_value_or_a_continuous_quantity_is_not_calibrated(observed):
+    wrong = GOOD_R1.replace("n == 3, n, 3", f"n == 2, {observed}, 2")
+    model = ScriptedModel([wrong, GOOD_R1, GOOD_R2])
     program = _generate(model)
     assert program.functions[0].attempts == 2 and not program.functions[0].calibrated
 
