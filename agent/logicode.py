@@ -481,10 +481,10 @@ class LogiCodeGenerator:
             problem = f"It reports the rule as violated on normal reference image(s) {failed}, which are correct by definition."
             measured = [v.get("observed") for v in values]
             if len(references) >= MIN_CALIBRATION_REFERENCES and all(_is_measurement(v) for v in measured):
-                calibrated, unstable = self._calibrate(source, fname, rule, references)
+                calibrated, why_not = self._calibrate(source, fname, rule, references)
                 if calibrated is not None:
                     return calibrated, None, "\n".join(observations)
-                problem += f" Its observed value also varies between the normal references ({unstable})."
+                problem += " " + why_not
             return None, problem, "\n".join(observations)
         if any(isinstance(v, dict) and v.get("rule_id") not in (None, rule.id) for v in values):
             values_ids = sorted({str(v.get("rule_id")) for v in values})
@@ -493,11 +493,12 @@ class LogiCodeGenerator:
 
     def _calibrate(self, source: str, fname: str, rule: Rule, references: list[dict]) -> tuple[Optional[str], str]:
         """The calibrated form of ``source`` when every reference passes it against the other
-        references (leave-one-out); else ``(None, why)``."""
+        references (leave-one-out); else ``(None, a sentence saying why not)``."""
         calibrated = calibrate_function(source, fname, rule.id)
         problems = self.check_source(PRELUDE + calibrated)
         if problems:
-            return None, "the sandbox rejected its calibrated form: " + "; ".join(str(p) for p in problems[:3])
+            return None, "Its measurement could not be judged against the references: " + "; ".join(
+                str(p) for p in problems[:3]) + "."
         driver = (
             PRELUDE + calibrated + "\n\n"
             "def check_left_out(references):\n"
@@ -505,11 +506,12 @@ class LogiCodeGenerator:
         )
         res = self.run(driver, "check_left_out", {"references": references})
         if not res.ok:
-            return None, f"calibrating it failed ({res.error_kind}): {res.error}"
+            return None, f"Its measurement could not be judged against the references ({res.error_kind}): {res.error}."
         values = res.value if isinstance(res.value, list) else []
         outside = [i for i, v in enumerate(values, start=1) if not (isinstance(v, dict) and v.get("passed") is True)]
         if len(values) != len(references) or outside:
-            return None, f"reference(s) {outside} lie outside what the others measure"
+            return None, (f"Its observed value also varies between the normal references (reference(s) {outside} "
+                          "lie outside what the others measure).")
         return calibrated, ""
 
 

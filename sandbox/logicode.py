@@ -192,12 +192,9 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
-def typical(references: Iterable[dict], fn: Callable[[dict], Any]) -> Any:
-    """Median of ``fn`` over the references when it gives numbers, else the most common value
-    (ties broken by sorted text, so the answer is deterministic)."""
-    values = [_plain(v) for v in ref_values(references, fn)]
-    if not values:
-        raise ValueError("typical() needs at least one reference")
+def _typical_value(values: list) -> Any:
+    """Median of numbers, else the most common value (ties broken by sorted text, so the
+    answer is deterministic)."""
     if all(_is_number(v) for v in values):
         median = statistics.median(values)
         return int(median) if float(median).is_integer() and all(isinstance(v, int) for v in values) else float(median)
@@ -205,6 +202,24 @@ def typical(references: Iterable[dict], fn: Callable[[dict], Any]) -> Any:
     best = max(counts.values())
     winner = sorted(k for k, n in counts.items() if n == best)[0]
     return next(v for v in values if repr(v) == winner)
+
+
+def typical(references: Iterable[dict], fn: Callable[[dict], Any]) -> Any:
+    """Median of ``fn`` over the references when it gives numbers, else the most common value
+    (ties broken by sorted text, so the answer is deterministic)."""
+    values = [_plain(v) for v in ref_values(references, fn)]
+    if not values:
+        raise ValueError("typical() needs at least one reference")
+    return _typical_value(values)
+
+
+def _in_range(value: float, values: list, tolerance: float, stds: float) -> bool:
+    """``value`` inside [min, max] of ``values`` widened on each side by
+    ``tolerance * max(|min|, |max|) + stds * std``."""
+    arr = np.asarray(values, dtype=float)
+    lo, hi = float(arr.min()), float(arr.max())
+    margin = float(tolerance) * max(abs(lo), abs(hi)) + float(stds) * float(arr.std())
+    return lo - margin <= float(value) <= hi + margin
 
 
 def within_references(
@@ -218,10 +233,7 @@ def within_references(
     value = _plain(value)
     if not (_is_number(value) and all(_is_number(v) for v in values)):
         return value in values
-    arr = np.asarray(values, dtype=float)
-    lo, hi = float(arr.min()), float(arr.max())
-    margin = float(tolerance) * max(abs(lo), abs(hi)) + float(stds) * float(arr.std())
-    return lo - margin <= float(value) <= hi + margin
+    return _in_range(value, values, tolerance, stds)
 
 
 # -- colours and geometry -----------------------------------------------------------------
@@ -364,33 +376,30 @@ def finding(
     }
 
 
+def _number_lists(values: list) -> bool:
+    return bool(values) and all(
+        isinstance(v, list) and len(v) == len(values[0]) and all(_is_number(x) for x in v) for v in values)
+
+
 def _within_observed(value: Any, reference_values: list, tolerance: float, stds: float) -> bool:
-    """Does ``value`` lie where the references' values do? Numbers: inside their range widened
-    as in :func:`within_references`; lists of numbers: element by element (same length);
-    anything else: equal to one of them."""
+    """Does ``value`` lie where the references' values do? Numbers: as in
+    :func:`within_references`; lists of numbers: element by element (same length); anything
+    else: equal to one of them."""
     value = _plain(value)
     refs = [_plain(v) for v in reference_values]
     if _is_number(value) and refs and all(_is_number(v) for v in refs):
-        arr = np.asarray(refs, dtype=float)
-        lo, hi = float(arr.min()), float(arr.max())
-        margin = tolerance * max(abs(lo), abs(hi)) + stds * float(arr.std())
-        return lo - margin <= float(value) <= hi + margin
-    if (isinstance(value, list) and refs and all(isinstance(v, list) and len(v) == len(value) for v in refs)
-            and all(_is_number(x) for v in [value, *refs] for x in v)):
-        return all(_within_observed(x, [v[i] for v in refs], tolerance, stds) for i, x in enumerate(value))
+        return _in_range(value, refs, tolerance, stds)
+    if refs and _number_lists([value, *refs]):
+        return all(_in_range(x, [v[i] for v in refs], tolerance, stds) for i, x in enumerate(value))
     return value in refs
 
 
 def _typical_observed(reference_values: list) -> Any:
+    """The references' typical value, element by element for lists of numbers."""
     refs = [_plain(v) for v in reference_values]
-    if refs and all(_is_number(v) for v in refs):
-        median = statistics.median(refs)
-        return int(median) if float(median).is_integer() and all(isinstance(v, int) for v in refs) else float(median)
-    if refs and all(isinstance(v, list) and len(v) == len(refs[0]) and all(_is_number(x) for x in v) for v in refs):
-        return [_typical_observed([v[i] for v in refs]) for i in range(len(refs[0]))]
-    counts = Counter(repr(v) for v in refs)
-    winner = sorted(k for k, n in counts.items() if n == max(counts.values()))[0] if refs else None
-    return next((v for v in refs if repr(v) == winner), None)
+    if _number_lists(refs):
+        return [_typical_value([v[i] for v in refs]) for i in range(len(refs[0]))]
+    return _typical_value(refs)
 
 
 def calibrated(
