@@ -395,8 +395,11 @@ def _within_observed(value: Any, reference_values: list, tolerance: float, stds:
 
 
 def _typical_observed(reference_values: list) -> Any:
-    """The references' typical value, element by element for lists of numbers."""
+    """The references' typical value, element by element for lists of numbers. Numbers that
+    differ give their range as words ("1 to 2"): a median count of 1.5 reads as nonsense."""
     refs = [_plain(v) for v in reference_values]
+    if refs and all(_is_number(v) for v in refs) and min(refs) != max(refs):
+        return f"{min(refs):g} to {max(refs):g}"
     if _number_lists(refs):
         return [_typical_value([v[i] for v in refs]) for i in range(len(refs[0]))]
     return _typical_value(refs)

@@ -482,6 +482,8 @@ def test_calibrated_judges_the_measured_value_against_the_references():
 
     assert lc.calibrated("r3", colour, make_scene(cable_color="red"), refs)["expected"] == "red"
     assert not lc.calibrated("r3", colour, make_scene(cable_color="blue"), refs)["passed"]
+    varied = [make_scene(screws=n) for n in (1, 2, 2, 1)]
+    assert lc.calibrated("r1", count_says_three, make_scene(screws=4), varied)["expected"] == "1 to 2"
     with pytest.raises(ValueError, match="at least one reference"):
         lc.calibrated("r1", count_says_three, make_scene(), [])
 
