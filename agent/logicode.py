@@ -420,10 +420,10 @@ class LogiCodeGenerator:
                 result.problems.append(REPEATED_ANSWER)
                 break
             rejected.add(key)
-            source, problem, observations = self._validate(answer, fname, rule, scenes, references, require_pass)
+            source, problem, observations, calibrated = self._validate(
+                answer, fname, rule, scenes, references, require_pass)
             if problem is None:
-                result.source = source
-                result.calibrated = "lc.calibrated(" in source and f"def {fname}_measured(" in source
+                result.source, result.calibrated = source, calibrated
                 break
             result.problems.append(problem)
             log.info("rule %s attempt %d rejected: %s", rule.id, attempt + 1, problem)
@@ -440,20 +440,21 @@ class LogiCodeGenerator:
     def _validate(
         self, answer: str, fname: str, rule: Rule, scenes: list[dict], references: list[dict],
         require_pass: bool,
-    ) -> tuple[Optional[str], Optional[str], str]:
-        """Returns ``(clean source, problem or None, observations for the repair prompt)``."""
+    ) -> tuple[Optional[str], Optional[str], str, bool]:
+        """Returns ``(clean source, problem or None, observations for the repair prompt, whether
+        the source is the calibrated form of the model's check)``."""
         from agent.llm import extract_code
 
         code = extract_code(answer)
         if not code:
-            return None, "The answer contains no Python code. Answer with the function in a ```python block.", ""
+            return None, "The answer contains no Python code. Answer with the function in a ```python block.", "", False
         try:
             source = clean_function(code, fname)
         except SyntaxError as exc:
-            return None, f"The code is not valid Python: {exc}.", ""
+            return None, f"The code is not valid Python: {exc}.", "", False
         problems = self.check_source(PRELUDE + source)
         if problems:
-            return None, "The sandbox rejected the code: " + "; ".join(str(p) for p in problems[:3]), ""
+            return None, "The sandbox rejected the code: " + "; ".join(str(p) for p in problems[:3]), "", False
 
         driver = (
             PRELUDE + source + "\n\n"
@@ -462,15 +463,15 @@ class LogiCodeGenerator:
         )
         res = self.run(driver, "check_all", {"scenes": scenes, "references": references})
         if not res.ok:
-            return None, f"Running it on the images failed ({res.error_kind}): {res.error}", ""
+            return None, f"Running it on the images failed ({res.error_kind}): {res.error}", "", False
         values = res.value
         if not isinstance(values, list) or len(values) != len(scenes):
-            return None, "The function must return one finding (from lc.finding) per call.", ""
+            return None, "The function must return one finding (from lc.finding) per call.", "", False
         observations = []
         failed = []
         for i, value in enumerate(values, start=1):
             if not isinstance(value, dict) or "passed" not in value:
-                return None, f"It returned {_describe_value(value)}; it must return lc.finding(...).", ""
+                return None, f"It returned {_describe_value(value)}; it must return lc.finding(...).", "", False
             observations.append(
                 f"On normal reference {i}: passed={value.get('passed')}, observed={_describe_value(value.get('observed'))}, "
                 f"expected={_describe_value(value.get('expected'))}."
@@ -483,13 +484,13 @@ class LogiCodeGenerator:
             if len(references) >= MIN_CALIBRATION_REFERENCES and all(_is_measurement(v) for v in measured):
                 calibrated, why_not = self._calibrate(source, fname, rule, references)
                 if calibrated is not None:
-                    return calibrated, None, "\n".join(observations)
+                    return calibrated, None, "\n".join(observations), True
                 problem += " " + why_not
-            return None, problem, "\n".join(observations)
+            return None, problem, "\n".join(observations), False
         if any(isinstance(v, dict) and v.get("rule_id") not in (None, rule.id) for v in values):
             values_ids = sorted({str(v.get("rule_id")) for v in values})
-            return None, f"lc.finding must be given the rule id {rule.id!r}, not {values_ids}.", ""
-        return source, None, "\n".join(observations)
+            return None, f"lc.finding must be given the rule id {rule.id!r}, not {values_ids}.", "", False
+        return source, None, "\n".join(observations), False
 
     def _calibrate(self, source: str, fname: str, rule: Rule, references: list[dict]) -> tuple[Optional[str], str]:
         """The calibrated form of ``source`` when every reference passes it against the other

@@ -387,9 +387,9 @@ def _within_observed(value: Any, reference_values: list, tolerance: float, stds:
     else: equal to one of them."""
     value = _plain(value)
     refs = [_plain(v) for v in reference_values]
-    if _is_number(value) and refs and all(_is_number(v) for v in refs):
+    if _is_number(value) and all(_is_number(v) for v in refs):
         return _in_range(value, refs, tolerance, stds)
-    if refs and _number_lists([value, *refs]):
+    if _number_lists([value, *refs]):
         return all(_in_range(x, [v[i] for v in refs], tolerance, stds) for i, x in enumerate(value))
     return value in refs
 
@@ -398,7 +398,7 @@ def _typical_observed(reference_values: list) -> Any:
     """The references' typical value, element by element for lists of numbers. Numbers that
     differ give their range as words ("1 to 2"): a median count of 1.5 reads as nonsense."""
     refs = [_plain(v) for v in reference_values]
-    if refs and all(_is_number(v) for v in refs) and min(refs) != max(refs):
+    if all(_is_number(v) for v in refs) and min(refs) != max(refs):
         return f"{min(refs):g} to {max(refs):g}"
     if _number_lists(refs):
         return [_typical_value([v[i] for v in refs]) for i in range(len(refs[0]))]
@@ -415,19 +415,20 @@ def calibrated(
     value is taken on ``scene`` and on every reference; the finding passes when the scene's
     value lies where the references' values do (numbers: their range widened by ``tolerance``
     of its size plus ``stds`` standard deviations; lists of numbers: element by element;
-    other values: equal to one of them). ``expected`` is the references' typical value.
+    other values: equal to one of them). ``expected`` is the references' value, or their range
+    when their numbers differ.
 
     The margin is narrow on purpose: the agent accepts a calibrated check only when every
     reference passes it against the others, and that test must reject a measurement that
     wanders between normal images (a count of 0 to 3 pieces where the product holds two).
     With 3 standard deviations it accepted such counts on the synthetic screw bag, which then
     passed almost every anomaly and failed normal images with an outlying count."""
+    if not references:
+        raise ValueError("calibrated() needs at least one reference")
     found = measure(scene, references)
     if not isinstance(found, dict):
         raise TypeError("the measured check returned no finding")
     reference_values = [measure(r, references).get("observed") for r in references]
-    if not reference_values:
-        raise ValueError("calibrated() needs at least one reference")
     passed = _within_observed(found.get("observed"), reference_values, tolerance, stds)
     described = str(found.get("explanation") or "").strip()
     note = "as measured on the normal references: " + ", ".join(str(_plain(v)) for v in reference_values)
