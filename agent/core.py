@@ -271,6 +271,7 @@ class Agent:
             check_source=sandbox.check_source,
             api_reference=sandbox.API_REFERENCE,
             repair_rounds=self.config.repair_rounds,
+            budget_s=self.config.generation_budget_s,
             ground_rules=self.config.link_evidence_to_rules,
         )
         if program is None:
@@ -299,11 +300,14 @@ class Agent:
         ctx.program = program
         ctx.program_path = self._programs.path_of(key)
         if program.unavailable:
-            reasons = "; ".join(f"{rid}: {why}" for rid, why in program.unavailable.items())
+            attempts = {f.rule_id: f.attempts for f in program.functions}
+            reasons = "; ".join(f"{rid} after {attempts.get(rid, 0)} attempt(s): {why}"
+                                for rid, why in program.unavailable.items())
+            budget = " Repairs stopped when the generation time budget was spent." if program.budget_spent else ""
             ctx.logic_note = (
                 f"Logic check unavailable for rule(s) {', '.join(program.unavailable)} "
-                f"after {1 + self.config.repair_rounds} attempts ({reasons[:400]}); "
-                "the detectors (structural, layout, composition) cover them."
+                f"({reasons[:400]}); "
+                f"the detectors (structural, layout, composition) cover them.{budget}"
             )
 
     def _run_sandboxed(self, source: str, entrypoint: str, args: dict):

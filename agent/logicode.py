@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from prompts.logicode import (
@@ -51,6 +52,9 @@ log = logging.getLogger(__name__)
 PRELUDE = "import math\nimport logicode as lc\n"
 MODEL_FAILURE = "the language model failed"
 REPEATED_ANSWER = "The repair repeated an answer that was already rejected; no further rounds."
+BUDGET_SPENT = "The rule set's generation time budget was spent before this repair round."
+#: notes about why repairs stopped, not validation problems: never the reason a rule has no check
+_STOP_NOTES = (REPEATED_ANSWER, BUDGET_SPENT)
 #: calibration needs a leave-one-out range of at least two references for each reference
 MIN_CALIBRATION_REFERENCES = 3
 SYSTEM_PROMPT = (
@@ -136,7 +140,7 @@ class LogiCodeProgram(BaseModel):
         reasons = {}
         for f in self.functions:
             if not f.ok:
-                found = [p for p in f.problems if p != REPEATED_ANSWER]
+                found = [p for p in f.problems if p not in _STOP_NOTES]
                 reasons[f.rule_id] = found[-1] if found else "no program"
         return reasons
 
@@ -145,6 +149,11 @@ class LogiCodeProgram(BaseModel):
         """A rule was given up because the model itself failed (not because its code was
         wrong): such a program is not cached, so the next run tries again."""
         return any(p.startswith(MODEL_FAILURE) for f in self.functions if not f.ok for p in f.problems[-1:])
+
+    @property
+    def budget_spent(self) -> bool:
+        """Some rule's repairs were cut short by the generation time budget."""
+        return any(BUDGET_SPENT in f.problems for f in self.functions)
 
     @property
     def checked_rule_ids(self) -> list[str]:
@@ -327,15 +336,19 @@ class LogiCodeGenerator:
         check_source: Callable[[str], list],
         api_reference: str,
         repair_rounds: int = 3,
+        budget_s: Optional[float] = None,
         ground_rules: bool = False,
     ):
         """``chat(messages, attempt) -> text`` talks to the model (greedy first, sampled on repairs); ``run(source, entrypoint, args)``
-        is ``sandbox.run_program``; ``check_source`` is the sandbox's static check."""
+        is ``sandbox.run_program``; ``check_source`` is the sandbox's static check. ``budget_s`` bounds
+        a rule set's generation: a repair starts only if an attempt of the usual length still fits
+        in it (first attempts always run)."""
         self.chat = chat
         self.run = run
         self.check_source = check_source
         self.api_reference = api_reference
         self.repair_rounds = repair_rounds
+        self.budget_s = budget_s
         self.ground_rules = ground_rules  # also ask which parts each rule is about (see ground)
 
     def generate(
@@ -353,13 +366,26 @@ class LogiCodeGenerator:
         start = time.perf_counter()
         require_pass = validation_scenes is None
         scenes = list(reference_scenes if validation_scenes is None else validation_scenes)
-        functions = [
-            self._generate_rule(
-                rules, rule, parts_table=parts_table, scenes=scenes,
-                references=list(reference_scenes), require_pass=require_pass,
-            )
-            for rule in rules.rules
-        ]
+        # Round by round over the rules, not rule by rule: every rule gets its first attempt (most
+        # validated checks come from it), and repairs share what the budget leaves.
+        drafts = [_RuleDraft(rules, rule, parts_table, self.api_reference) for rule in rules.rules]
+        durations: list[float] = []
+        for attempt in range(1 + self.repair_rounds):
+            for draft in drafts:
+                if draft.done:
+                    continue
+                # a repair starts only if an attempt of the usual length still fits in the budget
+                expected = float(np.mean(durations)) if durations else 0.0
+                if (attempt > 0 and self.budget_s is not None
+                        and time.perf_counter() - start + expected > self.budget_s):
+                    draft.result.problems.append(BUDGET_SPENT)
+                    draft.done = True
+                    continue
+                began = time.perf_counter()
+                self._attempt(draft, attempt, scenes=scenes, references=list(reference_scenes),
+                              require_pass=require_pass)
+                durations.append(time.perf_counter() - began)
+        functions = [draft.result for draft in drafts]
         parts = [(f.rule_id, f.function_name, f.source) for f in functions if f.ok]
         rule_parts = self.ground(rules, parts_table=parts_table,
                                  part_ids=_part_ids(list(reference_scenes) + list(validation_scenes or []))) \
@@ -390,52 +416,46 @@ class LogiCodeGenerator:
         return parse_grounding(answer, rule_ids=[r.id for r in rules.rules], part_ids=part_ids)
 
     # -- one rule ---------------------------------------------------------------------
-    def _generate_rule(
-        self, rules: NormalityRules, rule: Rule, *, parts_table: str, scenes: list[dict],
-        references: list[dict], require_pass: bool,
-    ) -> RuleFunction:
-        from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+    def _attempt(self, draft: "_RuleDraft", attempt: int, *, scenes: list[dict], references: list[dict],
+                 require_pass: bool) -> None:
+        """One model call for one rule: its first answer, or a repair of its last rejected one."""
+        from langchain_core.messages import AIMessage, HumanMessage
 
+        rule, result = draft.rule, draft.result
         start = time.perf_counter()
-        fname = rule_function_name(rule)
-        result = RuleFunction(rule_id=rule.id, function_name=fname)
-        messages: list = [
-            SystemMessage(SYSTEM_PROMPT),
-            HumanMessage(
-                logicode_rule_request(rules, rule, parts_table=parts_table, api_reference=self.api_reference)
-            ),
-        ]
-        rejected: set[str] = set()
-        for attempt in range(1 + self.repair_rounds):
-            result.attempts = attempt + 1
+        result.attempts = attempt + 1
+        try:
             try:
-                answer = self.chat(messages, attempt)
+                answer = self.chat(draft.messages, attempt)
             except Exception as exc:  # a model that times out or errors: record and give up this rule
                 result.problems.append(f"{MODEL_FAILURE}: {exc}")
-                break
+                draft.done = True
+                return
             key = _answer_key(answer)
-            if key in rejected:
+            if key in draft.rejected:
                 # The model gave an answer it was already told is wrong: more rounds of the same
                 # conversation rarely change its mind, and each costs a full generation.
                 result.problems.append(REPEATED_ANSWER)
-                break
-            rejected.add(key)
+                draft.done = True
+                return
+            draft.rejected.add(key)
             source, problem, observations, calibrated = self._validate(
-                answer, fname, rule, scenes, references, require_pass)
+                answer, result.function_name, rule, scenes, references, require_pass)
             if problem is None:
                 result.source, result.calibrated = source, calibrated
-                break
+                draft.done = True
+                return
             result.problems.append(problem)
             log.info("rule %s attempt %d rejected: %s", rule.id, attempt + 1, problem)
             log.debug("rejected answer for rule %s:\n%s", rule.id, answer)
             # Only the latest failed answer stays in the conversation: a small model shown its
             # whole history tends to copy it, and the prompt stays short.
-            messages = messages[:2] + [
+            draft.messages = draft.messages[:2] + [
                 AIMessage(answer),
                 HumanMessage(logicode_repair_request(rule, problem=problem, observations=observations)),
             ]
-        result.seconds = time.perf_counter() - start
-        return result
+        finally:
+            result.seconds += time.perf_counter() - start
 
     def _validate(
         self, answer: str, fname: str, rule: Rule, scenes: list[dict], references: list[dict],
@@ -514,6 +534,22 @@ class LogiCodeGenerator:
             return None, (f"Its observed value also varies between the normal references (reference(s) {outside} "
                           "lie outside what the others measure).")
         return calibrated, ""
+
+
+class _RuleDraft:
+    """One rule's conversation with the model while its check is being written."""
+
+    def __init__(self, rules: NormalityRules, rule: Rule, parts_table: str, api_reference: str):
+        from langchain_core.messages import HumanMessage, SystemMessage
+
+        self.rule = rule
+        self.result = RuleFunction(rule_id=rule.id, function_name=rule_function_name(rule))
+        self.messages: list = [
+            SystemMessage(SYSTEM_PROMPT),
+            HumanMessage(logicode_rule_request(rules, rule, parts_table=parts_table, api_reference=api_reference)),
+        ]
+        self.rejected: set[str] = set()  # keys of the answers already rejected
+        self.done = False
 
 
 def validate_pinned(source: str, *, run: Callable[..., Any], check_source: Callable[[str], list],

@@ -4,10 +4,13 @@ The language model is replaced by a scripted callable at the unit edge; the sand
 the static check and the helper module are the real ones.
 """
 
+import re
+import time
+
 import pytest
 
 import sandbox
-from agent.logicode import REPEATED_ANSWER, LogiCodeGenerator, ProgramCache, assemble, clean_function, program_key
+from agent.logicode import BUDGET_SPENT, REPEATED_ANSWER, LogiCodeGenerator, ProgramCache, assemble, clean_function, program_key
 from prompts import load_rules
 
 
@@ -44,16 +47,26 @@ GOOD_R2 = (
 )
 
 
+def _rule_asked(messages) -> str:
+    """The rule id a LogiCode request asks a check for."""
+    return re.search(r"def check_(\w+)\(scene, references\):` for this rule", messages[1].content).group(1)
+
+
 class ScriptedModel:
-    """Answers from a script, one per call, and remembers what it was asked."""
+    """Answers from a script and remembers what it was asked. A list answers the calls in
+    order; a dict ``{rule id: [answers]}`` answers each rule's calls in order, whichever order
+    the generator asks the rules in."""
 
     def __init__(self, answers):
-        self.answers = list(answers)
+        self.answers = {k: list(v) for k, v in answers.items()} if isinstance(answers, dict) else list(answers)
         self.requests = []
 
     def __call__(self, messages, attempt=0):
         self.requests.append(messages)
-        answer = self.answers.pop(0)
+        if isinstance(self.answers, dict):
+            answer = self.answers[_rule_asked(messages)].pop(0)
+        else:
+            answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
         return answer
@@ -89,22 +102,22 @@ def test_valid_programs_are_accepted_and_catch_an_anomaly():
 
 
 def test_prose_then_code_is_repaired():
-    model = ScriptedModel(["I think you should count the pins.", GOOD_R1, GOOD_R2])
+    model = ScriptedModel({"r1": ["I think you should count the pins.", GOOD_R1], "r2": [GOOD_R2]})
     program = _generate(model)
     r1 = program.functions[0]
     assert r1.ok and r1.attempts == 2
     assert "contains no Python code" in r1.problems[0]
-    assert "contains no Python code" in model.requests[1][-1].content
+    assert "contains no Python code" in model.requests[-1][-1].content
 
 
 def test_program_that_flags_normal_references_is_repaired_with_observations():
     # two references: too few to calibrate the check (see the calibration tests below)
     wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
-    model = ScriptedModel([wrong, GOOD_R1, GOOD_R2])
+    model = ScriptedModel({"r1": [wrong, GOOD_R1], "r2": [GOOD_R2]})
     program = _generate(model, refs=REFS[:2])
     assert program.functions[0].ok and program.functions[0].attempts == 2
     assert not program.functions[0].calibrated
-    repair = model.requests[1][-1].content
+    repair = model.requests[-1][-1].content
     assert "violated on normal reference image(s) [1, 2]" in repair
     assert "observed=3, expected=2" in repair
 
@@ -131,7 +144,7 @@ def test_a_measurement_that_varies_between_the_references_is_not_calibrated():
     varied = [_scene(1), _scene(3), _scene(8)]
     wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
     always = "```python\ndef check_r1(scene, references):\n    return lc.finding('r1', True, lc.count(scene, 'p1'), None)\n```"
-    model = ScriptedModel([wrong, always, GOOD_R2])
+    model = ScriptedModel({"r1": [wrong, always], "r2": [GOOD_R2]})
     program = _generate(model, refs=varied)
     r1 = program.functions[0]
     assert r1.ok and not r1.calibrated and r1.attempts == 2
@@ -142,7 +155,7 @@ def test_a_measurement_that_varies_between_the_references_is_not_calibrated():
                          ids=["verdict", "missing", "continuous"])
 def test_a_verdict_a_missing_value_or_a_continuous_quantity_is_not_calibrated(observed):
     wrong = GOOD_R1.replace("n == 3, n, 3", f"n == 2, {observed}, 2")
-    model = ScriptedModel([wrong, GOOD_R1, GOOD_R2])
+    model = ScriptedModel({"r1": [wrong, GOOD_R1], "r2": [GOOD_R2]})
     program = _generate(model)
     assert program.functions[0].attempts == 2 and not program.functions[0].calibrated
 
@@ -151,7 +164,7 @@ def test_forbidden_and_broken_code_is_rejected_then_given_up():
     hostile = "```python\nimport os\ndef check_r1(scene, references):\n    return os.listdir('/')\n```"
     broken = "```python\ndef check_r1(scene, references)\n    return 1\n```"
     missing_helper = "```python\ndef check_r1(scene, references):\n    return lc.count_everything(scene)\n```"
-    model = ScriptedModel([hostile, broken, missing_helper, "no idea", GOOD_R2])
+    model = ScriptedModel({"r1": [hostile, broken, missing_helper, "no idea"], "r2": [GOOD_R2]})
     program = _generate(model)
     r1, r2 = program.functions
     assert not r1.ok and r1.attempts == 4
@@ -168,7 +181,7 @@ def test_forbidden_and_broken_code_is_rejected_then_given_up():
 def test_a_repair_that_repeats_a_rejected_answer_ends_the_rule():
     wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
     # the same code again, up to blank lines and trailing spaces: validating it again is pointless
-    model = ScriptedModel([wrong, wrong.replace("\n    return", "  \n\n    return"), GOOD_R2])
+    model = ScriptedModel({"r1": [wrong, wrong.replace("\n    return", "  \n\n    return")], "r2": [GOOD_R2]})
     program = _generate(model, refs=REFS[:2])
     r1 = program.functions[0]
     assert not r1.ok and r1.attempts == 2 and len(model.requests) == 3
@@ -176,6 +189,34 @@ def test_a_repair_that_repeats_a_rejected_answer_ends_the_rule():
     # the reason the verdict gives is the validation problem, not the repetition
     assert "violated on normal reference image(s)" in program.unavailable["r1"]
     assert program.functions[1].ok
+
+
+def test_every_rule_gets_its_first_attempt_before_any_repair():
+    wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
+    model = ScriptedModel({"r1": [wrong, GOOD_R1], "r2": ["no code", GOOD_R2]})
+    program = _generate(model, refs=REFS[:2])
+    asked = [_rule_asked(m) for m in model.requests]
+    assert asked == ["r1", "r2", "r1", "r2"]
+    assert [f.attempts for f in program.functions] == [2, 2] and not program.unavailable
+
+
+def test_no_repair_round_starts_once_the_generation_budget_is_spent():
+    wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
+
+    def slow(messages, attempt=0):  # every call outlasts the whole budget
+        time.sleep(0.05)
+        return model(messages, attempt)
+
+    model = ScriptedModel({"r1": [wrong, GOOD_R1], "r2": [GOOD_R2]})
+    generator = LogiCodeGenerator(slow, run=sandbox.run_program, check_source=sandbox.check_source,
+                                  api_reference=sandbox.API_REFERENCE, repair_rounds=3, budget_s=0.01)
+    program = generator.generate(RULES, parts_table=PARTS, reference_scenes=REFS[:2], key="k", model_id="fake")
+    r1, r2 = program.functions
+    assert len(model.requests) == 2  # both first attempts, even past the budget; no repair
+    assert r2.ok and not r1.ok and r1.attempts == 1
+    assert r1.problems[-1] == BUDGET_SPENT and program.budget_spent
+    # the reason given is the validation problem, not the budget
+    assert "violated on normal reference image(s)" in program.unavailable["r1"]
 
 
 def test_model_failure_is_recorded_not_raised():
