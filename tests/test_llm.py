@@ -103,6 +103,10 @@ def test_remote_and_broken_image_urls_are_refused():
         ("```python\nresult = check(\n", "result = check(\n"),  # cut off by the token limit
         ("import numpy as np\nn = np.sum(mask)", "import numpy as np\nn = np.sum(mask)\n"),
         ("```text\nnot code\n```\n```python\ny = 2\n```", "y = 2\n"),
+        # an instruction copied into a comment does not close the block; a fence ending a line does
+        ("```python\ndef f():\n    # answer in one ```python block\n    return 1\n```",
+         "def f():\n    # answer in one ```python block\n    return 1\n"),
+        ("```python\nz = 3```\nDone.", "z = 3\n"),
     ],
 )
 def test_extract_code_finds_python(text, expected):

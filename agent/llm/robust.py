@@ -14,7 +14,9 @@ from langchain_core.runnables import Runnable
 from .errors import LLMError, LLMTimeoutError
 from .messages import content_text
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+# A closing fence starts or ends its line: a model that copies an instruction such as "in one
+# ```python block" into a comment must not end its code block there.
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:^[ \t]*```|```[ \t]*$|\Z)", re.DOTALL | re.MULTILINE)
 _PYTHON_TAGS = {"python", "py", "python3"}
 # Statements that prose never parses into; a lone name or constant ("OK", "42") is not code.
 _CODE_NODES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AugAssign,
