@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 from scipy import ndimage
 
-API_VERSION = "3"  # 2: lc.color_name uses the scene parser's colour words; 3: lc.calibrated
+API_VERSION = "4"  # 2: lc.color_name uses the scene parser's colour words; 3: lc.calibrated;
+# 4: lc.finding takes a description given as evidence into the explanation; the mask helpers refuse a scene
 
 API_REFERENCE = """\
 lc.part(scene, name) -> part dict {id,name,description,color_name,count,total_area,ref_count,ref_area}; name = id like "p2" or a name, case-insensitive
@@ -302,6 +303,9 @@ _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def _labels(mask: Any, min_area: int) -> tuple[np.ndarray, list[int], np.ndarray]:
+    if isinstance(mask, dict):
+        raise TypeError("the mask helpers take a 2-D array, not a scene; for a part's components use "
+                        "lc.count(scene, part), lc.areas(scene, part) or lc.positions(scene, part)")
     arr = np.asarray(mask)
     if arr.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {arr.shape}")
@@ -358,6 +362,9 @@ def finding(
     rule_id: Any, passed: Any, observed: Any, expected: Any, explanation: str = "", evidence: Any = None
 ) -> dict:
     """A well-formed finding dict: {rule_id, passed, observed, expected, explanation, evidence}."""
+    if isinstance(evidence, str):
+        # small models pass a second description where the evidence goes: keep its words
+        explanation, evidence = f"{explanation} ({evidence})" if explanation else evidence, None
     if evidence is None:
         boxes_out: list[list[int]] = []
     elif isinstance(evidence, dict) or (

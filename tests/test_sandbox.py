@@ -397,7 +397,7 @@ def test_check_source_survives_pathological_sources():
 # -- the logicode helpers (in-process: they are plain functions) --------------------------------
 def test_api_reference_is_short_and_names_every_helper():
     lines = API_REFERENCE.strip().splitlines()
-    assert API_VERSION == "3"
+    assert API_VERSION == "4"
     assert len(lines) <= 40
     # lc.calibrated is written by the agent around a model's check, never by the model
     for name in lc.__all__:
@@ -455,6 +455,13 @@ def test_reference_statistics():
     assert not lc.within_references("blue", refs, lambda s: lc.colors(s, "p2")[0])
     with pytest.raises(ValueError, match="at least one reference"):
         lc.typical([], fn)
+
+
+def test_a_description_passed_as_evidence_joins_the_explanation():
+    # a small model's habit: lc.finding(id, ok, observed, expected, "short", "longer description")
+    f = lc.finding("r3", True, 5, 5, "almonds", "number of almonds and banana chips")
+    assert f["explanation"] == "almonds (number of almonds and banana chips)" and f["evidence"] == []
+    assert lc.finding("r3", True, 5, 5, evidence="almonds")["explanation"] == "almonds"
 
 
 def test_calibrated_judges_the_measured_value_against_the_references():
@@ -521,6 +528,8 @@ def test_mask_helpers():
     assert lc.centroids(mask, min_area=2) == [[1.5, 1.5], [10.5, 12.0]]
     with pytest.raises(ValueError, match="must be 2-D"):
         lc.count_components(np.zeros(5))
+    with pytest.raises(TypeError, match=r"lc.count\(scene, part\)"):  # a scene is not a mask
+        lc.count_components(make_scene(), "p1")
 
 
 def test_finding_is_plain_json():
