@@ -30,12 +30,12 @@ import ast
 import hashlib
 import json
 import logging
+import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
 from pydantic import BaseModel, Field
 
 from prompts.logicode import (
@@ -375,7 +375,7 @@ class LogiCodeGenerator:
                 if draft.done:
                     continue
                 # a repair starts only if an attempt of the usual length still fits in the budget
-                expected = float(np.mean(durations)) if durations else 0.0
+                expected = statistics.fmean(durations) if durations else 0.0
                 if (attempt > 0 and self.budget_s is not None
                         and time.perf_counter() - start + expected > self.budget_s):
                     draft.result.problems.append(BUDGET_SPENT)

@@ -12,7 +12,7 @@ from importlib import resources
 
 from .rules import NormalityRules, Rule
 
-LOGICODE_TEMPLATE_VERSION = "v1"
+LOGICODE_TEMPLATE_VERSION = "v2"
 GROUNDING_TEMPLATE_VERSION = "v2"
 
 

@@ -49,7 +49,7 @@ GOOD_R2 = (
 
 def _rule_asked(messages) -> str:
     """The rule id a LogiCode request asks a check for."""
-    return re.search(r"def check_(\w+)\(scene, references\):` for this rule", messages[1].content).group(1)
+    return re.findall(r"def check_(\w+)\(scene, references\)", messages[1].content)[-1]  # after the examples
 
 
 class ScriptedModel:
