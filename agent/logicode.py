@@ -476,12 +476,18 @@ class LogiCodeGenerator:
         if problems:
             return None, "The sandbox rejected the code: " + "; ".join(str(p) for p in problems[:3]), "", False
 
-        driver = (
-            PRELUDE + source + "\n\n"
-            f"def check_all(scenes, references):\n"
-            f"    return [{fname}(s, references) for s in scenes]\n"
-        )
-        res = self.run(driver, "check_all", {"scenes": scenes, "references": references})
+        # Each normal reference is judged against the OTHER references: a check that compares with
+        # the references always passes on a reference judged against itself, so only this tests it.
+        leave_one_out = require_pass and len(references) >= 2
+        if leave_one_out:
+            res = self.run(_left_out_driver(source, fname), "check_left_out", {"references": references})
+        else:
+            driver = (
+                PRELUDE + source + "\n\n"
+                f"def check_all(scenes, references):\n"
+                f"    return [{fname}(s, references) for s in scenes]\n"
+            )
+            res = self.run(driver, "check_all", {"scenes": scenes, "references": references})
         if not res.ok:
             return None, f"Running it on the images failed ({res.error_kind}): {res.error}", "", False
         values = res.value
@@ -499,9 +505,18 @@ class LogiCodeGenerator:
             if value.get("passed") is not True:
                 failed.append(i)
         if failed and require_pass:
-            problem = f"It reports the rule as violated on normal reference image(s) {failed}, which are correct by definition."
+            judged = " (each judged against the other references)" if leave_one_out else ""
+            problem = (f"It reports the rule as violated on normal reference image(s) {failed}{judged}, "
+                       "which are correct by definition.")
             measured = [v.get("observed") for v in values]
             if len(references) >= MIN_CALIBRATION_REFERENCES and all(_is_measurement(v) for v in measured):
+                if len({json.dumps(v, sort_keys=True) for v in measured}) > 1:
+                    # A count the parse reports differently on normal images (2, 3, 3, 2) would
+                    # misfire on the next normal image as often as it catches an anomaly.
+                    problem += (" Its observed value varies between the normal references ("
+                                + ", ".join(_describe_value(v) for v in measured)
+                                + "), so it cannot be judged against them either.")
+                    return None, problem, "\n".join(observations), False
                 calibrated, why_not = self._calibrate(source, fname, rule, references)
                 if calibrated is not None:
                     return calibrated, None, "\n".join(observations), True
@@ -520,12 +535,7 @@ class LogiCodeGenerator:
         if problems:
             return None, "Its measurement could not be judged against the references: " + "; ".join(
                 str(p) for p in problems[:3]) + "."
-        driver = (
-            PRELUDE + calibrated + "\n\n"
-            "def check_left_out(references):\n"
-            f"    return [{fname}(references[i], references[:i] + references[i + 1:]) for i in range(len(references))]\n"
-        )
-        res = self.run(driver, "check_left_out", {"references": references})
+        res = self.run(_left_out_driver(calibrated, fname), "check_left_out", {"references": references})
         if not res.ok:
             return None, f"Its measurement could not be judged against the references ({res.error_kind}): {res.error}."
         values = res.value if isinstance(res.value, list) else []
@@ -534,6 +544,15 @@ class LogiCodeGenerator:
             return None, (f"Its observed value also varies between the normal references (reference(s) {outside} "
                           "lie outside what the others measure).")
         return calibrated, ""
+
+
+def _left_out_driver(source: str, fname: str) -> str:
+    """A program that runs ``fname`` on each reference, judged against the other references."""
+    return (
+        PRELUDE + source + "\n\n"
+        "def check_left_out(references):\n"
+        f"    return [{fname}(references[i], references[:i] + references[i + 1:]) for i in range(len(references))]\n"
+    )
 
 
 class _RuleDraft:

@@ -148,7 +148,7 @@ def test_a_measurement_that_varies_between_the_references_is_not_calibrated():
     program = _generate(model, refs=varied)
     r1 = program.functions[0]
     assert r1.ok and not r1.calibrated and r1.attempts == 2
-    assert "varies between the normal references" in r1.problems[0] and "[3]" in r1.problems[0]
+    assert "Its observed value varies between the normal references (1, 3, 8)" in r1.problems[0]
 
 
 @pytest.mark.parametrize("observed", ["n == 2", "None", "lc.total_area(scene, 'p1')"],
@@ -158,6 +158,18 @@ def test_a_verdict_a_missing_value_or_a_continuous_quantity_is_not_calibrated(ob
     model = ScriptedModel({"r1": [wrong, GOOD_R1], "r2": [GOOD_R2]})
     program = _generate(model)
     assert program.functions[0].attempts == 2 and not program.functions[0].calibrated
+
+
+def test_a_check_against_the_references_is_judged_on_each_reference_against_the_others():
+    # The pin length wanders between normal images (30, 40, 90 pixels): compared with all the
+    # references, each reference passes trivially (its own value is among them); compared with
+    # the others, the 90-pixel one does not, so the check is not trusted.
+    wandering = [_scene(3, pin_len=30.0), _scene(3, pin_len=40.0), _scene(3, pin_len=90.0)]
+    model = ScriptedModel({"r1": [GOOD_R1], "r2": [GOOD_R2, GOOD_R2.replace("default=0", "default=0.0")]})
+    program = _generate(model, refs=wandering, rounds=1)
+    r2 = program.functions[1]
+    assert program.functions[0].ok and not r2.ok and not r2.calibrated
+    assert "violated on normal reference image(s) [3] (each judged against the other references)" in r2.problems[0]
 
 
 def test_forbidden_and_broken_code_is_rejected_then_given_up():
