@@ -58,7 +58,7 @@ def run_demo(
         gen = SynthGenerator(category, seed=seed, scale=scale)
         refs = [gen.sample(i, kind="good").image for i in range(k)]
         console.print(f"[dim]{category}: fitting {k} references; the local model writes the LogiCode checks "
-                      "on the first run (1-5 minutes per rule set on 2 cores, cached afterwards)...[/dim]")
+                      "on the first run (about a minute per rule set on 2 cores, cached afterwards)...[/dim]")
         t0 = time.perf_counter()
         ctx = agent.prepare(category=category, references=refs)
         console.print(
