@@ -6,22 +6,27 @@ whole program, a bad rule is repaired (or given up) alone, and the shared prompt
 prefix (context, parts, helper API) is evaluated once by the model's prompt cache.
 
 Validation is strict: the function must pass the sandbox's static check, run on every
-normal reference, and PASS on every one of them. A check that flags a normal
-reference is wrong by construction.
+normal reference, and PASS on every one of them, each judged against the OTHER references
+(leave-one-out; a check that compares with the references passes trivially on one of them).
+A check that flags a normal reference is wrong by construction.
 
 Its measurement often is not. A small model reads "exactly two screws" and checks
 ``count == 2`` on a part that the parse sees as three pieces on every normal image; the
 verdict is wrong, the measured count is a faithful signal. With enough references, such
 a check is *calibrated* instead of rejected: the program keeps the model's function as the
 measurement and judges its observed value against the references' values
-(``lc.calibrated``). It is accepted only when each reference lies within what the other
-references measure (leave-one-out), so a measurement that varies between normal images is
-still rejected and repaired. In the cached answers of the last agent benchmark, 45 of the
+(``lc.calibrated``). It is accepted only when every reference measures the same value: a
+count the parse reports as 3, 2, 2, 3 on normal images misfires on the next normal image
+about as often as it catches an anomaly, so it is rejected and repaired. In the cached answers of the last agent benchmark, 45 of the
 rejections were of this kind and repairs rescued 2 of 46 rules. With calibration, on the
 synthetic agent benchmark (4 references, fresh programs), the logical AUROC went from 0.753
 to 0.783, the structural one from 0.753 to 0.797, and the share of detected logical
 anomalies whose explanation names a failed rule with observed and expected values from
-0.00 to 0.38.
+0.00 to 0.38. (Those checks included counts that varied between the references; once they
+were rejected, the detectors carried nearly all of the synthetic score: see the README.)
+
+Generation goes round by round over the rules within a time budget: every rule gets its
+first attempt, and repairs share what is left.
 """
 
 from __future__ import annotations
