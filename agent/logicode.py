@@ -17,8 +17,9 @@ a check is *calibrated* instead of rejected: the program keeps the model's funct
 measurement and judges its observed value against the references' values
 (``lc.calibrated``). It is accepted only when every reference measures the same value: a
 count the parse reports as 3, 2, 2, 3 on normal images misfires on the next normal image
-about as often as it catches an anomaly, so it is rejected and repaired. In the cached answers of the last agent benchmark, 45 of the
-rejections were of this kind and repairs rescued 2 of 46 rules. With calibration, on the
+about as often as it catches an anomaly, so it is rejected and repaired. In the cached
+answers of the last agent benchmark, 45 of the rejections were of this kind and repairs
+rescued 2 of 46 rules. With calibration, on the
 synthetic agent benchmark (4 references, fresh programs), the logical AUROC went from 0.753
 to 0.783, the structural one from 0.753 to 0.797, and the share of detected logical
 anomalies whose explanation names a failed rule with observed and expected values from
@@ -35,7 +36,6 @@ import ast
 import hashlib
 import json
 import logging
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -374,13 +374,13 @@ class LogiCodeGenerator:
         # Round by round over the rules, not rule by rule: every rule gets its first attempt (most
         # validated checks come from it), and repairs share what the budget leaves.
         drafts = [_RuleDraft(rules, rule, parts_table, self.api_reference) for rule in rules.rules]
-        durations: list[float] = []
         for attempt in range(1 + self.repair_rounds):
             for draft in drafts:
                 if draft.done:
                     continue
-                # a repair starts only if an attempt of the usual length still fits in the budget
-                expected = statistics.fmean(durations) if durations else 0.0
+                # a repair starts only if an attempt of the usual (mean) length still fits in the budget
+                made = sum(d.result.attempts for d in drafts)
+                expected = sum(d.result.seconds for d in drafts) / made if made else 0.0
                 if (attempt > 0 and self.budget_s is not None
                         and time.perf_counter() - start + expected > self.budget_s):
                     draft.result.problems.append(BUDGET_SPENT)
@@ -389,7 +389,7 @@ class LogiCodeGenerator:
                 began = time.perf_counter()
                 self._attempt(draft, attempt, scenes=scenes, references=list(reference_scenes),
                               require_pass=require_pass)
-                durations.append(time.perf_counter() - began)
+                draft.result.seconds += time.perf_counter() - began
         functions = [draft.result for draft in drafts]
         parts = [(f.rule_id, f.function_name, f.source) for f in functions if f.ok]
         rule_parts = self.ground(rules, parts_table=parts_table,
@@ -427,40 +427,36 @@ class LogiCodeGenerator:
         from langchain_core.messages import AIMessage, HumanMessage
 
         rule, result = draft.rule, draft.result
-        start = time.perf_counter()
         result.attempts = attempt + 1
         try:
-            try:
-                answer = self.chat(draft.messages, attempt)
-            except Exception as exc:  # a model that times out or errors: record and give up this rule
-                result.problems.append(f"{MODEL_FAILURE}: {exc}")
-                draft.done = True
-                return
-            key = _answer_key(answer)
-            if key in draft.rejected:
-                # The model gave an answer it was already told is wrong: more rounds of the same
-                # conversation rarely change its mind, and each costs a full generation.
-                result.problems.append(REPEATED_ANSWER)
-                draft.done = True
-                return
-            draft.rejected.add(key)
-            source, problem, observations, calibrated = self._validate(
-                answer, result.function_name, rule, scenes, references, require_pass)
-            if problem is None:
-                result.source, result.calibrated = source, calibrated
-                draft.done = True
-                return
-            result.problems.append(problem)
-            log.info("rule %s attempt %d rejected: %s", rule.id, attempt + 1, problem)
-            log.debug("rejected answer for rule %s:\n%s", rule.id, answer)
-            # Only the latest failed answer stays in the conversation: a small model shown its
-            # whole history tends to copy it, and the prompt stays short.
-            draft.messages = draft.messages[:2] + [
-                AIMessage(answer),
-                HumanMessage(logicode_repair_request(rule, problem=problem, observations=observations)),
-            ]
-        finally:
-            result.seconds += time.perf_counter() - start
+            answer = self.chat(draft.messages, attempt)
+        except Exception as exc:  # a model that times out or errors: record and give up this rule
+            result.problems.append(f"{MODEL_FAILURE}: {exc}")
+            draft.done = True
+            return
+        key = _answer_key(answer)
+        if key in draft.rejected:
+            # The model gave an answer it was already told is wrong: more rounds of the same
+            # conversation rarely change its mind, and each costs a full generation.
+            result.problems.append(REPEATED_ANSWER)
+            draft.done = True
+            return
+        draft.rejected.add(key)
+        source, problem, observations, calibrated = self._validate(
+            answer, result.function_name, rule, scenes, references, require_pass)
+        if problem is None:
+            result.source, result.calibrated = source, calibrated
+            draft.done = True
+            return
+        result.problems.append(problem)
+        log.info("rule %s attempt %d rejected: %s", rule.id, attempt + 1, problem)
+        log.debug("rejected answer for rule %s:\n%s", rule.id, answer)
+        # Only the latest failed answer stays in the conversation: a small model shown its
+        # whole history tends to copy it, and the prompt stays short.
+        draft.messages = draft.messages[:2] + [
+            AIMessage(answer),
+            HumanMessage(logicode_repair_request(rule, problem=problem, observations=observations)),
+        ]
 
     def _validate(
         self, answer: str, fname: str, rule: Rule, scenes: list[dict], references: list[dict],
