@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import math
 import os
 import re
 import threading
@@ -459,10 +460,9 @@ class OnnxViTBackbone(Backbone):
         import torch
 
         pixels = np.ascontiguousarray(tensor.cpu().numpy(), dtype=np.float32)
-        if self._window is None:
-            grids = self._tokens(pixels, layers)
-        else:
-            grids = self._windowed_tokens(pixels, layers, *self._window)
+        # a graph with a dynamic input size sees the whole image as its one window
+        win_h, win_w = self._window or pixels.shape[2:]
+        grids = self._windowed_tokens(pixels, layers, win_h, win_w)
         return {layer: torch.from_numpy(np.ascontiguousarray(g[None])).to(self.device) for layer, g in grids.items()}
 
     def _windowed_tokens(self, pixels: np.ndarray, layers: list[str], win_h: int, win_w: int) -> dict[str, np.ndarray]:
@@ -504,7 +504,7 @@ def _window_starts(cells: int, window: int) -> list[int]:
     """Starts of the fewest windows of ``window`` cells that cover ``cells``, evenly overlapping."""
     if cells <= window:
         return [0]
-    n = -(-(cells - window) // window) + 1
+    n = math.ceil((cells - window) / window) + 1
     return sorted({round(i * (cells - window) / (n - 1)) for i in range(n)})
 
 

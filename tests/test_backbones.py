@@ -180,8 +180,7 @@ def _tiny_vit_onnx(path, window: int | None, channels: int = 6, patch: int = 14)
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    side_h = side_w = window if window is not None else None
-    shape = [1, 3, side_h if side_h else "h", side_w if side_w else "w"]
+    shape = [1, 3, window or "h", window or "w"]
     inits = [
         numpy_helper.from_array(rng.normal(size=(channels, 3, patch, patch)).astype(np.float32) / patch, "w_embed"),
         numpy_helper.from_array(np.array([1, channels, -1], np.int64), "flat_shape"),
