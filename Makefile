@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # torch/torchvision are pinned here (they lie on this machine's disk); pyproject keeps ranges.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# The x86_64 torch 2.14.1 wheel is a CUDA build: the venv takes about 7 GB, and pip dies
+# half-way with ENOSPC when the disk is short. Check first, and say so plainly.
+NEED_FREE_MB ?= 8000
 
 .PHONY: demo test install model browser bench clean
 
@@ -24,6 +27,10 @@ $(VENV)/.stamp-venv:
 	touch $@
 
 $(VENV)/.stamp-torch: $(VENV)/.stamp-venv
+	@free=$$(df -Pm $(VENV) | awk 'NR==2 {print $$4}'); \
+	if [ "$$free" -lt $(NEED_FREE_MB) ]; then \
+	  echo "error: $$free MB free on the disk holding $(VENV); installing torch needs about $(NEED_FREE_MB) MB" \
+	       "(its x86_64 wheel is a CUDA build). Free some space and run make again." >&2; exit 1; fi
 	$(PIP) install -q $(TORCH_PINS)
 	touch $@
 
