@@ -346,8 +346,8 @@ class LogiCodeGenerator:
     ):
         """``chat(messages, attempt) -> text`` talks to the model (greedy first, sampled on repairs); ``run(source, entrypoint, args)``
         is ``sandbox.run_program``; ``check_source`` is the sandbox's static check. ``budget_s`` bounds
-        a rule set's generation: a repair starts only if an attempt of the usual length still fits
-        in it (first attempts always run)."""
+        a rule set's generation: a repair starts only if an attempt as long as the longest so far
+        still fits in it (first attempts always run)."""
         self.chat = chat
         self.run = run
         self.check_source = check_source
@@ -374,22 +374,25 @@ class LogiCodeGenerator:
         # Round by round over the rules, not rule by rule: every rule gets its first attempt (most
         # validated checks come from it), and repairs share what the budget leaves.
         drafts = [_RuleDraft(rules, rule, parts_table, self.api_reference) for rule in rules.rules]
+        longest = 0.0  # the longest attempt so far
         for attempt in range(1 + self.repair_rounds):
             for draft in drafts:
                 if draft.done:
                     continue
-                # a repair starts only if an attempt of the usual (mean) length still fits in the budget
-                made = sum(d.result.attempts for d in drafts)
-                expected = sum(d.result.seconds for d in drafts) / made if made else 0.0
+                # A repair starts only if an attempt as long as the longest so far still fits in the
+                # budget. The mean attempt was too hopeful: repair prompts carry the rejected code
+                # and its error, so repairs run longer than first attempts (62.5 s on a 60 s budget).
                 if (attempt > 0 and self.budget_s is not None
-                        and time.perf_counter() - start + expected > self.budget_s):
+                        and time.perf_counter() - start + longest > self.budget_s):
                     draft.result.problems.append(BUDGET_SPENT)
                     draft.done = True
                     continue
                 began = time.perf_counter()
                 self._attempt(draft, attempt, scenes=scenes, references=list(reference_scenes),
                               require_pass=require_pass)
-                draft.result.seconds += time.perf_counter() - began
+                took = time.perf_counter() - began
+                draft.result.seconds += took
+                longest = max(longest, took)
         functions = [draft.result for draft in drafts]
         parts = [(f.rule_id, f.function_name, f.source) for f in functions if f.ok]
         rule_parts = self.ground(rules, parts_table=parts_table,

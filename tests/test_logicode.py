@@ -231,6 +231,38 @@ def test_no_repair_round_starts_once_the_generation_budget_is_spent():
     assert "violated on normal reference image(s)" in program.unavailable["r1"]
 
 
+def test_a_repair_starts_only_if_the_longest_attempt_so_far_still_fits(monkeypatch):
+    """A fake clock that only the model moves: r1's first attempt takes 40 s, r2's 10 s.
+    After them 50 s of a 75 s budget are spent. The mean attempt (25 s) would still fit;
+    the longest (40 s) does not, and repairs run longer than first attempts."""
+    import agent.logicode as logicode
+
+    clock = [0.0]
+    monkeypatch.setattr(logicode.time, "perf_counter", lambda: clock[0])
+    wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
+
+    def generate(budget_s):
+        clock[0] = 0.0
+        model = ScriptedModel({"r1": [wrong, GOOD_R1], "r2": [GOOD_R2]})
+        durations = iter([40.0, 10.0, 40.0])
+
+        def timed(messages, attempt=0):
+            clock[0] += next(durations)
+            return model(messages, attempt)
+
+        generator = LogiCodeGenerator(timed, run=sandbox.run_program, check_source=sandbox.check_source,
+                                      api_reference=sandbox.API_REFERENCE, repair_rounds=3, budget_s=budget_s)
+        program = generator.generate(RULES, parts_table=PARTS, reference_scenes=REFS[:2], key="k", model_id="fake")
+        return program, len(model.requests)
+
+    program, calls = generate(75.0)
+    assert calls == 2 and program.budget_spent
+    assert program.functions[0].problems[-1] == BUDGET_SPENT
+    # with room for one more 40 s attempt, the repair runs and fixes r1
+    program, calls = generate(90.0)
+    assert calls == 3 and program.functions[0].ok and not program.budget_spent
+
+
 def test_model_failure_is_recorded_not_raised():
     model = ScriptedModel([TimeoutError("generation took longer than 120 s"), GOOD_R2])
     program = _generate(model)
