@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from agent.llm import (
     IMAGE_OMITTED_NOTE, LLMConfig, LLMError, LLMTimeoutError, extract_code, image_to_data_url,
-    invoke_with_timeout, make_chat_model, model_id, weights,
+    invoke_with_timeout, make_chat_model, model_id, timeout_option, weights,
 )
 from agent.llm.messages import MessageFormatError, data_url_to_image, to_text_only_dicts
 
@@ -193,6 +193,26 @@ def test_llamacpp_timeout_stops_generation():
     chat = make_chat_model(LLMConfig(model="smollm2-135m", max_tokens=2000, n_ctx=1024, timeout_s=0.2))
     with pytest.raises(LLMTimeoutError, match=r"did not finish within 0.2 s"):
         chat.invoke([HumanMessage("Write a very long story about a screw factory.")])
+    # a caller's deadline for one call (the rest of a generation budget) overrides the model's own
+    roomy = make_chat_model(LLMConfig(model="smollm2-135m", max_tokens=2000, n_ctx=1024, timeout_s=600))
+    with pytest.raises(LLMTimeoutError, match=r"did not finish within 0.3 s"):
+        roomy.invoke([HumanMessage("Write a very long story about a screw factory.")],
+                     **timeout_option(roomy, 0.3))
+
+
+def test_timeout_option_names_each_backends_own_per_call_limit(tmp_path):
+    from langchain_core.language_models import FakeListChatModel
+    from langchain_openai import ChatOpenAI
+
+    from agent.llm.llamacpp import LlamaCppChatModel
+    from agent.llm.vlm import TransformersVLMChatModel
+
+    assert timeout_option(LlamaCppChatModel(model_path=str(tmp_path / "m.gguf")), 5.0) == {"timeout_s": 5.0}
+    assert timeout_option(TransformersVLMChatModel(model_name="tiny"), 5.0) == {"timeout_s": 5.0}
+    server = ChatOpenAI(model="m", base_url="http://127.0.0.1:9/v1", api_key="x")
+    assert timeout_option(server, 5.0) == {"timeout": 5.0}
+    assert timeout_option(server.bind(stop=["x"]), 5.0) == {"timeout": 5.0}  # a bound runnable
+    assert timeout_option(FakeListChatModel(responses=["a"]), 5.0) == {}  # none: only the caller waits less
 
 
 @pytest.mark.slow
@@ -230,9 +250,10 @@ def test_invoke_with_timeout_turns_failures_into_llm_errors(smol):
 @pytest.mark.slow
 def test_invoke_with_timeout_gives_up_on_a_slow_model():
     _installed("smollm2-135m")
-    # The model's own budget (2 s) frees llama.cpp soon after the caller has given up (0.05 s).
+    # The caller's limit (0.05 s) is passed to llama.cpp too, so the model is freed at once
+    # rather than at its own limit (2 s); whichever of the two notices first reports it.
     chat = make_chat_model(LLMConfig(model="smollm2-135m", max_tokens=2000, n_ctx=1024, timeout_s=2))
-    with pytest.raises(LLMTimeoutError, match="did not answer within 0.05 s"):
+    with pytest.raises(LLMTimeoutError, match="within 0.05 s"):
         invoke_with_timeout(chat, [HumanMessage("Write a very long story about bolts.")], timeout_s=0.05)
 
 

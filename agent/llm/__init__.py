@@ -22,6 +22,7 @@ _LAZY = {
     "extract_code": "agent.llm.robust",
     "invoke_with_timeout": "agent.llm.robust",
     "invoke_message_with_timeout": "agent.llm.robust",
+    "timeout_option": "agent.llm.robust",
     "DEFAULT_MODEL": "agent.llm.weights",
     "WeightsError": "agent.llm.weights",
     "model_path": "agent.llm.weights",

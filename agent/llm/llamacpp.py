@@ -215,11 +215,12 @@ class LlamaCppChatModel(BaseChatModel):
         # Per-call sampling overrides: a repair loop asks for a different answer, reproducibly.
         temperature = kwargs.pop("temperature", self.temperature)
         seed = kwargs.pop("seed", self.seed)
+        timeout_s = kwargs.pop("timeout_s", self.timeout_s)  # a caller's deadline, for this call only
         if kwargs:
             raise LLMError(f"unsupported generation options for llama.cpp: {sorted(kwargs)}")
         llama = self.llama
         payload = to_text_only_dicts(messages)
-        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         common = dict(temperature=temperature, max_tokens=self.max_tokens, stop=stop or [])
         expired = False
         try:
@@ -286,7 +287,7 @@ class LlamaCppChatModel(BaseChatModel):
         if expired:
             raise LLMTimeoutError(
                 f"llama.cpp model {self.model_name or self.model_path} did not finish within "
-                f"{self.timeout_s:g} s (raise timeout_s or lower max_tokens)"
+                f"{timeout_s:g} s (raise timeout_s or lower max_tokens)"
             )
         choice = response["choices"][0]
         message = choice["message"]

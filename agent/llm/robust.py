@@ -27,7 +27,8 @@ _CODE_NODES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, 
 def invoke_with_timeout(chat: BaseChatModel, messages: list[BaseMessage], timeout_s: float, **kwargs: Any) -> str:
     """Ask ``chat`` and return the text of its answer, or raise :class:`LLMError`.
 
-    Any failure (time budget exceeded, server down, model error) becomes an LLMError
+    ``timeout_s`` bounds the wait, and the backend's own generation too where it has a per-call
+    limit (:func:`timeout_option`). Any failure (time budget exceeded, server down, model error) becomes an LLMError
     whose message names the model, so the agent can record it and carry on.
     """
     return content_text(invoke_message_with_timeout(chat, messages, timeout_s, **kwargs).content)
@@ -40,6 +41,9 @@ def invoke_message_with_timeout(model: Runnable, messages: list[BaseMessage], ti
     if timeout_s <= 0:
         raise LLMError(f"timeout_s must be positive, got {timeout_s}")
     name = _model_name(model)
+    # The backend gets the same limit, so a call the caller gives up on does not run on in its
+    # thread, holding the model (and the CPU) for the next call.
+    kwargs = {**timeout_option(model, timeout_s), **kwargs}
     # A daemon-less pool would keep the interpreter alive on a hung call; shutdown(wait=False) avoids blocking.
     pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-call")
     future = pool.submit(model.invoke, messages, **kwargs)
@@ -54,6 +58,18 @@ def invoke_message_with_timeout(model: Runnable, messages: list[BaseMessage], ti
         raise LLMError(f"model {name} failed: {type(exc).__name__}: {exc}") from exc
     finally:
         pool.shutdown(wait=False)
+
+
+def timeout_option(model: Any, timeout_s: float) -> dict[str, float]:
+    """The call option that makes ``model`` itself stop after ``timeout_s``, so that a caller's
+    deadline frees the model too, not only the caller: ``timeout_s`` for logiscan's own backends
+    (llama.cpp, transformers), ``timeout`` for OpenAI-compatible clients, none otherwise."""
+    fields = getattr(type(getattr(model, "bound", model)), "model_fields", {})
+    if "timeout_s" in fields:
+        return {"timeout_s": timeout_s}
+    if "request_timeout" in fields:  # langchain_openai's ChatOpenAI (alias ``timeout``)
+        return {"timeout": timeout_s}
+    return {}
 
 
 def _model_name(model: Any) -> str:

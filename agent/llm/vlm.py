@@ -95,6 +95,7 @@ class TransformersVLMChatModel(BaseChatModel):
     ) -> ChatResult:
         import torch
 
+        timeout_s = kwargs.pop("timeout_s", self.timeout_s)  # a caller's deadline, for this call only
         if kwargs:
             raise LLMError(f"unsupported generation options for the transformers backend: {sorted(kwargs)}")
         processor, vlm = self.loaded()
@@ -115,8 +116,8 @@ class TransformersVLMChatModel(BaseChatModel):
             generate_kwargs.update(do_sample=True, temperature=self.temperature)
         else:
             generate_kwargs.update(do_sample=False)
-        if self.timeout_s is not None:
-            generate_kwargs["max_time"] = self.timeout_s  # generate() stops itself when over budget
+        if timeout_s is not None:
+            generate_kwargs["max_time"] = timeout_s  # generate() stops itself when over budget
         if stop:
             generate_kwargs.update(stop_strings=stop, tokenizer=processor.tokenizer)
         torch.manual_seed(self.seed)
@@ -127,9 +128,9 @@ class TransformersVLMChatModel(BaseChatModel):
         for marker in stop or []:
             text = text.split(marker, 1)[0]
         finished = bool(len(new_tokens)) and int(new_tokens[-1]) in _eos_ids(vlm)
-        if self.timeout_s is not None and not finished and len(new_tokens) < self.max_tokens and not stop:
+        if timeout_s is not None and not finished and len(new_tokens) < self.max_tokens and not stop:
             raise LLMTimeoutError(
-                f"transformers model {self.model_name!r} did not finish within {self.timeout_s:g} s"
+                f"transformers model {self.model_name!r} did not finish within {timeout_s:g} s"
             )
         ai = AIMessage(
             content=text.strip(),
