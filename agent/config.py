@@ -129,7 +129,8 @@ class AgentConfig(BaseModel):
     generation_budget_s: Optional[float] = Field(
         default=60.0, gt=0,
         description="time budget of writing one rule set's checks: every rule gets its first attempt, and a "
-                    "repair starts only if an attempt as long as the longest so far still fits (None: all repair_rounds, "
+                    "repair starts only if an attempt of the usual length still fits, and must end within it "
+                    "(None: all repair_rounds, "
                     "however long they take)",
     )
     program_timeout_s: float = Field(default=10.0, gt=0, le=3600)

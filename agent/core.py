@@ -112,20 +112,23 @@ class Agent:
                 self._chat_model = make_chat_model(self.llm_config)
             return self._chat_model
 
-    def _chat(self, messages: list, attempt: int = 0) -> str:
+    def _chat(self, messages: list, attempt: int = 0, timeout_s: Optional[float] = None) -> str:
         """Greedy on the first attempt; sampled (reproducibly seeded) on repairs, because a
-        greedy model given the same mistake tends to repeat it word for word."""
+        greedy model given the same mistake tends to repeat it word for word. ``timeout_s``
+        (the rest of a generation budget) shortens this call's time limit; the backend itself
+        stops then, so the model is free at once."""
         from agent.llm import LLMError, invoke_with_timeout
 
+        limit = self.config.generation_timeout_s if timeout_s is None \
+            else min(timeout_s, self.config.generation_timeout_s)
         if attempt == 0:
-            return invoke_with_timeout(self.chat_model, messages, self.config.generation_timeout_s)
+            return invoke_with_timeout(self.chat_model, messages, limit)
         try:
-            return invoke_with_timeout(self.chat_model, messages, self.config.generation_timeout_s,
-                                       temperature=0.7, seed=attempt)
+            return invoke_with_timeout(self.chat_model, messages, limit, temperature=0.7, seed=attempt)
         except LLMError as exc:
             if "unsupported generation options" not in str(exc):
                 raise
-            return invoke_with_timeout(self.chat_model, messages, self.config.generation_timeout_s)
+            return invoke_with_timeout(self.chat_model, messages, limit)
 
     # -- preparation ----------------------------------------------------------------------
     def prepare(

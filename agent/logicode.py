@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 PRELUDE = "import math\nimport logicode as lc\n"
 MODEL_FAILURE = "the language model failed"
 REPEATED_ANSWER = "The repair repeated an answer that was already rejected; no further rounds."
-BUDGET_SPENT = "The rule set's generation time budget was spent before this repair round."
+BUDGET_SPENT = "The rule set's generation time budget was spent: no more repairs."
 #: notes about why repairs stopped, not validation problems: never the reason a rule has no check
 _STOP_NOTES = (REPEATED_ANSWER, BUDGET_SPENT)
 #: calibration needs a leave-one-out range of at least two references for each reference
@@ -346,8 +346,8 @@ class LogiCodeGenerator:
     ):
         """``chat(messages, attempt) -> text`` talks to the model (greedy first, sampled on repairs); ``run(source, entrypoint, args)``
         is ``sandbox.run_program``; ``check_source`` is the sandbox's static check. ``budget_s`` bounds
-        a rule set's generation: a repair starts only if an attempt as long as the longest so far
-        still fits in it (first attempts always run)."""
+        a rule set's generation: a repair starts only if an attempt of the usual length still fits
+        in it, and the rest of the budget is its time limit (first attempts always run)."""
         self.chat = chat
         self.run = run
         self.check_source = check_source
@@ -374,25 +374,25 @@ class LogiCodeGenerator:
         # Round by round over the rules, not rule by rule: every rule gets its first attempt (most
         # validated checks come from it), and repairs share what the budget leaves.
         drafts = [_RuleDraft(rules, rule, parts_table, self.api_reference) for rule in rules.rules]
-        longest = 0.0  # the longest attempt so far
         for attempt in range(1 + self.repair_rounds):
             for draft in drafts:
                 if draft.done:
                     continue
-                # A repair starts only if an attempt as long as the longest so far still fits in the
-                # budget. The mean attempt was too hopeful: repair prompts carry the rejected code
-                # and its error, so repairs run longer than first attempts (62.5 s on a 60 s budget).
-                if (attempt > 0 and self.budget_s is not None
-                        and time.perf_counter() - start + longest > self.budget_s):
-                    draft.result.problems.append(BUDGET_SPENT)
-                    draft.done = True
-                    continue
+                left = None if self.budget_s is None else self.budget_s - (time.perf_counter() - start)
+                # A repair starts only if an attempt of the usual (mean) length still fits, and the
+                # rest of the budget is its deadline: repairs carry the rejected code and its error,
+                # so some run longer than the mean (one rule set took 62.5 s of 60 without it).
+                if attempt > 0 and left is not None:
+                    made = sum(d.result.attempts for d in drafts)
+                    expected = sum(d.result.seconds for d in drafts) / made if made else 0.0
+                    if left < expected:
+                        draft.result.problems.append(BUDGET_SPENT)
+                        draft.done = True
+                        continue
                 began = time.perf_counter()
                 self._attempt(draft, attempt, scenes=scenes, references=list(reference_scenes),
-                              require_pass=require_pass)
-                took = time.perf_counter() - began
-                draft.result.seconds += took
-                longest = max(longest, took)
+                              require_pass=require_pass, deadline_s=left if attempt > 0 else None)
+                draft.result.seconds += time.perf_counter() - began
         functions = [draft.result for draft in drafts]
         parts = [(f.rule_id, f.function_name, f.source) for f in functions if f.ok]
         rule_parts = self.ground(rules, parts_table=parts_table,
@@ -425,15 +425,25 @@ class LogiCodeGenerator:
 
     # -- one rule ---------------------------------------------------------------------
     def _attempt(self, draft: "_RuleDraft", attempt: int, *, scenes: list[dict], references: list[dict],
-                 require_pass: bool) -> None:
-        """One model call for one rule: its first answer, or a repair of its last rejected one."""
+                 require_pass: bool, deadline_s: Optional[float] = None) -> None:
+        """One model call for one rule: its first answer, or a repair of its last rejected one.
+        ``deadline_s``: what is left of the generation budget, the call's time limit."""
         from langchain_core.messages import AIMessage, HumanMessage
 
         rule, result = draft.rule, draft.result
         result.attempts = attempt + 1
+        called = time.perf_counter()
         try:
-            answer = self.chat(draft.messages, attempt)
-        except Exception as exc:  # a model that times out or errors: record and give up this rule
+            answer = self.chat(draft.messages, attempt) if deadline_s is None \
+                else self.chat(draft.messages, attempt, timeout_s=deadline_s)
+        except TimeoutError as exc:
+            # Cut at the budget's end, the budget was spent: the model did not fail, and the
+            # program may be cached. A timeout before it (the model's own limit) is a failure.
+            spent = deadline_s is not None and time.perf_counter() - called >= deadline_s
+            result.problems.append(BUDGET_SPENT if spent else f"{MODEL_FAILURE}: {exc}")
+            draft.done = True
+            return
+        except Exception as exc:  # a model that errors: record and give up this rule
             result.problems.append(f"{MODEL_FAILURE}: {exc}")
             draft.done = True
             return

@@ -48,9 +48,9 @@ def main() -> int:
     calls: list[tuple[int, float, int]] = []
     chat = agent._chat
 
-    def timed_chat(messages, attempt=0):
+    def timed_chat(messages, attempt=0, timeout_s=None):
         start = time.perf_counter()
-        text = chat(messages, attempt)
+        text = chat(messages, attempt, timeout_s)
         calls.append((attempt, time.perf_counter() - start, len(text)))
         print(f"  call: attempt {attempt + 1}, {calls[-1][1]:.1f} s, {len(text)} chars answered", flush=True)
         return text

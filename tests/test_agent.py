@@ -10,7 +10,7 @@ import re
 
 import pytest
 from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 from agent import Agent, AgentConfig, Verdict
@@ -179,6 +179,25 @@ def test_one_model_timeout():
         AgentConfig(llm={"timeout_s": 5})
     agent = Agent(AgentConfig(generation_timeout_s=42), chat_model=CountingModel(), model_id="counting-fake")
     assert agent.llm_config.timeout_s == 42
+
+
+def test_a_repair_hands_the_rest_of_the_generation_budget_to_the_backend():
+    class RecordingModel(CountingModel):
+        timeout_s: float | None = None  # as logiscan's backends: a per-call ``timeout_s`` option
+        options: list = []
+
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+            self.options.append(kwargs)
+            return super()._generate(messages, stop, run_manager)
+
+    model = RecordingModel()
+    agent = Agent(AgentConfig(generation_timeout_s=42), chat_model=model, model_id="recording")
+    ask = [HumanMessage("def check_r1(scene, references)")]
+    agent._chat(ask, 0)
+    agent._chat(ask, 1, timeout_s=7.5)
+    agent._chat(ask, 2, timeout_s=500)  # never beyond the model call's own limit
+    assert model.options == [{"timeout_s": 42}, {"timeout_s": 7.5, "temperature": 0.7, "seed": 1},
+                             {"timeout_s": 42, "temperature": 0.7, "seed": 2}]
 
 
 def test_a_prepared_context_ships_to_another_process_as_files_and_data(agent, screw_bag, tmp_path):

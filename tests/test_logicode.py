@@ -231,36 +231,47 @@ def test_no_repair_round_starts_once_the_generation_budget_is_spent():
     assert "violated on normal reference image(s)" in program.unavailable["r1"]
 
 
-def test_a_repair_starts_only_if_the_longest_attempt_so_far_still_fits(monkeypatch):
-    """A fake clock that only the model moves: r1's first attempt takes 40 s, r2's 10 s.
-    After them 50 s of a 75 s budget are spent. The mean attempt (25 s) would still fit;
-    the longest (40 s) does not, and repairs run longer than first attempts."""
+@pytest.mark.parametrize("repair_s, model_limit_s, outcome", [
+    (20.0, None, "fixed"),     # the repair fits in what is left
+    (40.0, None, "cut"),       # it runs to the budget's end: cut there, the budget is spent
+    (40.0, 22.0, "failed"),    # the model's own, shorter limit: a model failure
+])
+def test_a_repair_gets_the_rest_of_the_budget_as_its_time_limit(monkeypatch, repair_s, model_limit_s, outcome):
+    """A fake clock that only the model moves: r1's first attempt takes 20 s and is wrong, r2's
+    takes 10 s. 25 s of the 55 s budget are left, more than the mean attempt, so r1's repair
+    starts, with those 25 s as its time limit."""
     import agent.logicode as logicode
 
     clock = [0.0]
     monkeypatch.setattr(logicode.time, "perf_counter", lambda: clock[0])
     wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
+    model = ScriptedModel({"r1": [wrong, GOOD_R1], "r2": [GOOD_R2]})
+    durations = iter([20.0, 10.0, repair_s])
+    limits = []
 
-    def generate(budget_s):
-        clock[0] = 0.0
-        model = ScriptedModel({"r1": [wrong, GOOD_R1], "r2": [GOOD_R2]})
-        durations = iter([40.0, 10.0, 40.0])
+    def timed(messages, attempt=0, timeout_s=None):
+        limits.append(timeout_s)
+        took = next(durations)
+        limit = min(x for x in (timeout_s, model_limit_s, float("inf")) if x is not None)
+        if took > limit:  # the backend stops itself at its limit
+            clock[0] += limit
+            raise TimeoutError(f"did not finish within {limit:g} s")
+        clock[0] += took
+        return model(messages, attempt)
 
-        def timed(messages, attempt=0):
-            clock[0] += next(durations)
-            return model(messages, attempt)
-
-        generator = LogiCodeGenerator(timed, run=sandbox.run_program, check_source=sandbox.check_source,
-                                      api_reference=sandbox.API_REFERENCE, repair_rounds=3, budget_s=budget_s)
-        program = generator.generate(RULES, parts_table=PARTS, reference_scenes=REFS[:2], key="k", model_id="fake")
-        return program, len(model.requests)
-
-    program, calls = generate(75.0)
-    assert calls == 2 and program.budget_spent
-    assert program.functions[0].problems[-1] == BUDGET_SPENT
-    # with room for one more 40 s attempt, the repair runs and fixes r1
-    program, calls = generate(90.0)
-    assert calls == 3 and program.functions[0].ok and not program.budget_spent
+    generator = LogiCodeGenerator(timed, run=sandbox.run_program, check_source=sandbox.check_source,
+                                  api_reference=sandbox.API_REFERENCE, repair_rounds=3, budget_s=55.0)
+    program = generator.generate(RULES, parts_table=PARTS, reference_scenes=REFS[:2], key="k", model_id="fake")
+    r1 = program.functions[0]
+    assert limits == [None, None, 25.0]  # first attempts run unbounded by the budget
+    if outcome == "fixed":
+        assert r1.ok and not program.budget_spent and program.generation_seconds == 50.0
+    elif outcome == "cut":
+        assert not r1.ok and r1.problems[-1] == BUDGET_SPENT and program.budget_spent
+        assert not program.model_failed and program.generation_seconds == 55.0  # cacheable, on budget
+        assert "violated on normal reference image(s)" in program.unavailable["r1"]
+    else:
+        assert program.model_failed and "the language model failed" in r1.problems[-1]
 
 
 def test_model_failure_is_recorded_not_raised():
