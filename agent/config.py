@@ -130,8 +130,7 @@ class AgentConfig(BaseModel):
         default=60.0, gt=0,
         description="time budget of writing one rule set's checks: every rule gets its first attempt, and a "
                     "repair starts only if an attempt of the usual length still fits, and must end within it "
-                    "(None: all repair_rounds, "
-                    "however long they take)",
+                    "(None: all repair_rounds, however long they take)",
     )
     program_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     program_memory_mb: int = Field(default=1024, ge=64)

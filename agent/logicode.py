@@ -344,7 +344,8 @@ class LogiCodeGenerator:
         budget_s: Optional[float] = None,
         ground_rules: bool = False,
     ):
-        """``chat(messages, attempt) -> text`` talks to the model (greedy first, sampled on repairs); ``run(source, entrypoint, args)``
+        """``chat(messages, attempt[, timeout_s=...]) -> text`` talks to the model (greedy first, sampled
+        on repairs, which get the rest of the budget as ``timeout_s``); ``run(source, entrypoint, args)``
         is ``sandbox.run_program``; ``check_source`` is the sandbox's static check. ``budget_s`` bounds
         a rule set's generation: a repair starts only if an attempt of the usual length still fits
         in it, and the rest of the budget is its time limit (first attempts always run)."""

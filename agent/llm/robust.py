@@ -28,8 +28,8 @@ def invoke_with_timeout(chat: BaseChatModel, messages: list[BaseMessage], timeou
     """Ask ``chat`` and return the text of its answer, or raise :class:`LLMError`.
 
     ``timeout_s`` bounds the wait, and the backend's own generation too where it has a per-call
-    limit (:func:`timeout_option`). Any failure (time budget exceeded, server down, model error) becomes an LLMError
-    whose message names the model, so the agent can record it and carry on.
+    limit (:func:`timeout_option`). Any failure (time budget exceeded, server down, model error)
+    becomes an LLMError whose message names the model, so the agent can record it and carry on.
     """
     return content_text(invoke_message_with_timeout(chat, messages, timeout_s, **kwargs).content)
 
