@@ -770,8 +770,11 @@ class SceneParser:
         size = "tiny" if frac < 0.003 else "small" if frac < 0.02 else "medium" if frac < 0.1 else "large"
         hs = [c.horizontal for c in comps]
         vs = [c.vertical for c in comps]
-        h = max(set(hs), key=hs.count)
-        v = max(set(vs), key=vs.count)
+        # the most common, ties to the first component: max over a set broke ties by string
+        # hash, which Python randomises per process, so the parts table (and the LogiCode
+        # written from it, and its cache key) changed from run to run
+        h = max(hs, key=hs.count)
+        v = max(vs, key=vs.count)
         where = {"center": "", "left": "left", "right": "right"}[h]
         where = (" ".join(x for x in ({"middle": "", "top": "top", "bottom": "bottom"}[v], where) if x)
                  or "center")
