@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -268,7 +272,7 @@ def test_backbone_features_are_part_of_the_pixel_features(refs):
 
 
 _FIT_AND_DESCRIBE = """
-import json, sys
+import json
 from detectors.data.synth import SynthGenerator
 from detectors.parsing import SceneParser
 out = {}
@@ -284,11 +288,6 @@ def test_the_parse_does_not_depend_on_pythons_hash_seed():
     """Python randomises string hashes per process. A tie broken by iterating a set of strings
     gave each process its own parts table (and so its own LogiCode and program cache key);
     with seeds 1 and 2 the old code described the breakfast box and the pushpins differently."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     runs = []
     for seed in ("1", "2"):
