@@ -424,10 +424,18 @@ class PredictionWriter:
             return
         data = self.path.read_bytes()
         if not data.endswith(b"\n"):
-            # keep whole lines only; the torn record is re-scored on resume
             cut = data.rfind(b"\n") + 1
-            with open(self.path, "r+b") as fh:
-                fh.truncate(cut)
+            try:
+                # a whole record that only lacks its newline (a file edited or joined by hand) is
+                # kept: read_predictions counts it as done, so cutting it would lose it for good
+                PredictionRecord.model_validate_json(data[cut:])
+            except ValueError:
+                # a torn record: keep whole lines only; that image is re-scored on resume
+                with open(self.path, "r+b") as fh:
+                    fh.truncate(cut)
+            else:
+                with open(self.path, "ab") as fh:
+                    fh.write(b"\n")
 
     def write(self, record: PredictionRecord) -> None:
         self._fh.write(record.model_dump_json() + "\n")

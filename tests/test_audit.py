@@ -109,6 +109,17 @@ def test_torn_last_line_is_repaired_and_rescored(loco, tmp_path):
         json.loads(line)
 
 
+def test_whole_last_record_without_newline_is_kept(loco, tmp_path):
+    out = tmp_path / "out"
+    _run(loco, out, limit=2)
+    pred = out / "predictions.jsonl"
+    pred.write_text(pred.read_text().rstrip("\n"))  # e.g. a file joined by hand: complete, no final newline
+    result = _run(loco, out)
+    assert result.resumed == 2 and result.scored_now == 6
+    ids = [r.image_id for r in read_predictions(pred)]
+    assert len(ids) == len(set(ids)) == 8
+
+
 def test_one_bad_image_is_recorded_and_skipped(loco, tmp_path):
     (loco / "test" / "good" / "001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "out"
