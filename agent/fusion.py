@@ -64,7 +64,9 @@ def fuse(
     for name, value, weight in (("structural", structural, config.weight_structural),
                                 ("composition", composition, config.weight_composition),
                                 ("layout", layout, config.weight_layout)):
-        if value is not None:
+        # a detector that returned NaN has no evidence to give: counting it as certain
+        # (or writing NaN into the verdict, which JSON cannot carry) would both mislead
+        if value is not None and math.isfinite(value):
             components[name] = float(value)
             weighted.append((weight, float(value)))
     evidence = detector_evidence(weighted, power=config.power)
@@ -89,13 +91,16 @@ def detector_evidence(weighted: Sequence[tuple[float, float]], *, power: float) 
     ``weighted`` holds ``(weight, score)`` pairs; sources of weight 0 are left out. Every
     source at 0.5 gives 0.5, so the threshold keeps its meaning.
     """
-    used = [(w, min(max(s, _EPS), 1.0 - _EPS)) for w, s in weighted if w > 0]
+    used = [(w, min(max(s, _EPS), 1.0 - _EPS)) for w, s in weighted if w > 0 and math.isfinite(s)]
     if not used:
         return 0.0
     total = sum(w for w, _ in used)
-    mean = sum(w * (s / (1.0 - s)) ** power for w, s in used) / total
-    odds = mean ** (1.0 / power)
-    return odds / (1.0 + odds) if math.isfinite(odds) else 1.0
+    # in log space: odds ** power overflows a float for powers above about 50 at odds of 1e6
+    terms = [math.log(w / total) + power * math.log(s / (1.0 - s)) for w, s in used]
+    top = max(terms)
+    log_mean = top + math.log(sum(math.exp(t - top) for t in terms))
+    log_odds = log_mean / power
+    return 1.0 / (1.0 + math.exp(-log_odds)) if log_odds > -700 else 0.0
 
 
 _EPS = 1e-6

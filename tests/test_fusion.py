@@ -75,3 +75,17 @@ def test_explanation_names_the_failed_rule_with_values():
     assert text.startswith("ANOMALOUS (score 0.90, threshold 0.50).")
     assert 'Rule r1 FAILED — "rule r1": expected 2, observed 3.' in text
     assert "Passed: r2." in text and "part p2 count 3 vs 2" in text
+
+
+def test_a_saturated_detector_under_a_high_power_does_not_overflow():
+    # odds of 1e6 to the power 64 overflow a float; the power mean is taken in log space
+    score, _ = fuse([], structural=0.99999, composition=0.1, layout=0.2, config=FusionConfig(power=64))
+    assert 0.99 < score <= 1.0
+    assert fuse([], structural=1e-9, composition=1e-9, config=FusionConfig(power=0.01))[0] < 1e-3
+
+
+def test_a_nan_detector_score_is_left_out_not_taken_as_certain():
+    score, comps = fuse([], structural=0.2, composition=float("nan"), layout=0.3, config=FusionConfig())
+    assert score == fuse([], structural=0.2, composition=None, layout=0.3, config=FusionConfig())[0]
+    assert "composition" not in comps
+    assert fuse([], structural=float("nan"), composition=None, config=FusionConfig())[0] == 0.0

@@ -131,6 +131,19 @@ def test_composition_score_flags_count_and_colour(parser):
     assert f"references {top.ref_mean:.3g} ± " in sentence and f"(z = {top.z:.1f})" in sentence
 
 
+def test_composition_score_of_an_extreme_deviation_is_one_not_nan():
+    from detectors.parsing.composition import _soft_max
+
+    # z of 375 (a part the references show at area 0 covering the product): exp(2 z) overflows
+    z = np.array([375.0, 2.0])
+    assert abs(_soft_max(z) - 375.0) < 1e-6
+    assert abs(_soft_max(np.array([1.0, 2.0, 0.5])) - np.log(np.exp([2.0, 4.0, 1.0]).sum()) / 2) < 1e-9
+    scorer = CompositionScorer()
+    scorer._model, scorer.threshold = object(), 3.0
+    scorer.raw_score = lambda scene: float("inf")  # the edge of the edge: still a number in [0, 1]
+    assert scorer.score(None) == 1.0
+
+
 def test_scene_json_and_save_load(parser, tmp_path):
     scene = parser.parse(_scene_image(np.random.default_rng(11)))
     data = json.loads(scene.model_dump_json())

@@ -145,7 +145,12 @@ def _deviations(q: dict[str, dict[str, float]], model: _RefModel) -> list[Deviat
 def _soft_max(z: np.ndarray) -> float:
     if z.size == 0:
         return 0.0
-    return float(np.log(np.exp(SOFTMAX_SHARPNESS * z).sum()) / SOFTMAX_SHARPNESS)
+    # log-sum-exp from the largest term: exp(2 z) overflows for z above about 355 (a part the
+    # references show at area 0 covering the product), and inf / (inf + t) is NaN
+    top = float(z.max())
+    if not np.isfinite(top):
+        return top
+    return top + float(np.log(np.exp(SOFTMAX_SHARPNESS * (z - top)).sum()) / SOFTMAX_SHARPNESS)
 
 
 class CompositionScorer:
@@ -197,7 +202,7 @@ class CompositionScorer:
     def score(self, scene: Scene) -> float:
         """Calibrated composition anomaly score in [0, 1]; 0.5 is the decision threshold."""
         raw = self.raw_score(scene)
-        return float(raw / (raw + self.threshold))
+        return 1.0 if raw == float("inf") else float(raw / (raw + self.threshold))
 
     def report(self, scene: Scene, top: int | None = 5) -> list[Deviation]:
         devs = sorted(_deviations(scene_quantities(scene), self._require()), key=lambda d: -d.z)
