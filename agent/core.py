@@ -545,15 +545,21 @@ def _digest(params: dict) -> str:
 
 
 def _regions(evidence: Any) -> list[Region]:
+    """Evidence boxes of a finding. A generated program may return anything here (a number, a
+    string, infinite coordinates): what is not a list of boxes is dropped, never raised."""
+    if not isinstance(evidence, (list, tuple)):
+        return []
     out = []
-    for item in evidence or []:
+    for item in evidence:
         box = item.get("bbox") if isinstance(item, dict) else item
         try:
             x0, y0, x1, y1 = (int(round(float(v))) for v in box)
             out.append(Region(bbox=(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             continue
-    return out[:50]
+        if len(out) == 50:
+            break
+    return out
 
 
 __all__ = ["Agent", "Context", "assemble"]

@@ -143,6 +143,21 @@ def test_pinned_program_is_used(screw_bag, tmp_path):
     assert [f.rule_id for f in v.findings if f.source == "logicode"] == ["r1"]
 
 
+def test_odd_evidence_from_a_program_never_crashes_run(screw_bag, tmp_path):
+    gen, refs = screw_bag
+    program = tmp_path / "odd.py"
+    program.write_text(
+        "def check(scene, references):\n"
+        "    n = len(scene['components'])\n"
+        "    return [{'rule_id': 'r1', 'passed': True, 'observed': n, 'evidence': n + 1},\n"
+        "            {'rule_id': 'r2', 'passed': True, 'evidence': [[0, 0, float('inf'), 5], [1, 2, 3, 4], 'x']}]\n"
+    )
+    agent = Agent(AgentConfig(cache_dir=tmp_path, pinned_program=program), chat_model=CountingModel(), model_id="x")
+    v = agent.run(gen.sample(56).image, rules=["Rule one.", "Rule two."], references=refs)
+    found = {f.rule_id: f for f in v.findings if f.source == "logicode"}
+    assert found["r1"].evidence == [] and [r.bbox for r in found["r2"].evidence] == [(1, 2, 3, 4)]
+
+
 def test_bad_inputs_give_clear_errors(agent, tmp_path):
     from detectors import ImageInputError
     from prompts import RulesError
