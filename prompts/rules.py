@@ -35,9 +35,26 @@ class RuleCheck(BaseModel):
     value: Any = None
     where: Optional[str] = Field(default=None, description="a region qualifier, e.g. 'left'")
 
+    @field_validator("value")
+    @classmethod
+    def _ordered(cls, value: Any) -> Any:
+        """A set (YAML ``!!set``) becomes a sorted list: a set's order, and so the rules' digest
+        (a cache key) and the prompt's text, would change with each process's hash seed."""
+        return _ordered_value(value)
+
     def __str__(self) -> str:
         where = f" in {self.where}" if self.where else ""
         return f"{self.attribute} of {self.subject}{where} {self.op} {self.value!r}"
+
+
+def _ordered_value(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return sorted((_ordered_value(v) for v in value), key=repr)
+    if isinstance(value, (list, tuple)):
+        return [_ordered_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _ordered_value(v) for k, v in value.items()}
+    return value
 
 
 class Rule(BaseModel):

@@ -1,6 +1,10 @@
 """Core data contracts: validation, loading rules in every accepted form, JSON round-trips."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -89,6 +93,22 @@ def test_rules_digest_is_stable_and_sensitive():
     assert a.digest() == b.digest() != c.digest()
     assert NormalityRules.from_data(json.loads(a.model_dump_json())) == a
     assert load_rules(a.to_yaml().replace("\n", "\n")) is not None
+
+
+def test_rules_digest_does_not_depend_on_pythons_hash_seed(tmp_path):
+    # a YAML set's order changes with the hash seed; the digest (a cache key) and the prompt must not
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - text: The cable is red, green, blue or white.\n    check:\n"
+                     "      attribute: color\n      subject: cable\n      op: in\n"
+                     "      value: !!set {red: null, green: null, blue: null, white: null}\n")
+    script = ("import sys; from prompts import load_rules; r = load_rules(sys.argv[1]); "
+              "print(r.digest(), r.rules[0].check)")
+    root = Path(__file__).resolve().parents[1]
+    outs = {subprocess.run([sys.executable, "-c", script, str(rules)], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root)}).stdout
+            for seed in ("1", "2", "3")}
+    assert len(outs) == 1, outs
+    assert "['blue', 'green', 'red', 'white']" in outs.pop()
 
 
 def test_verdict_round_trips_through_json():
