@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 MAX_INPUT_SIDE = 4096
 #: prepared (rules, references) contexts kept in memory, least recently used dropped first
 MAX_CONTEXTS = 8
+#: a rule set whose program generation failed (the model could not load, timed out, errored) is
+#: generated again when it is next prepared this long after: a long-lived agent (chat, web) gets
+#: its logic checks back once the model works, and a batch over thousands of images does not
+#: wait for a failing model on every image
+PROGRAM_RETRY_S = 300.0
 
 
 def image_digest(image) -> str:
@@ -56,6 +61,8 @@ class Context:
     program: Optional[LogiCodeProgram] = None
     program_path: Optional[Path] = None
     logic_note: str = ""
+    #: time.monotonic() after which a failed program generation is tried again (None: no retry)
+    retry_program_at: Optional[float] = None
     zero_shot: bool = False
     reference_images: list = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -154,7 +161,13 @@ class Agent:
         with self._lock:
             if key in self._contexts:
                 self._contexts.move_to_end(key)
-                return self._contexts[key]
+                ctx = self._contexts[key]
+                if ctx.retry_program_at is not None and time.monotonic() >= ctx.retry_program_at:
+                    ctx.retry_program_at, ctx.logic_note, ctx.program = None, "", None
+                    t0 = time.perf_counter()
+                    self._attach_program(ctx)
+                    ctx.timings["program"] = time.perf_counter() - t0
+                return ctx
             timings: dict[str, float] = {}
             t0 = time.perf_counter()
             parser, structural, layout = self._fit_perception(ref_images, refset_hash, zero_shot=zero_shot)
@@ -264,6 +277,7 @@ class Agent:
             model_id = self.model_id
         except Exception as exc:
             ctx.logic_note = f"Logic check unavailable: no language model ({exc})."
+            ctx.retry_program_at = time.monotonic() + PROGRAM_RETRY_S
             return
         key = program_key(ctx.rules, ctx.refset_hash + ("-zs" if ctx.zero_shot else ""), sandbox.API_VERSION,
                           model_id, parts_table)
@@ -289,9 +303,11 @@ class Agent:
             except Exception as exc:  # e.g. the model cannot be loaded
                 log.warning("LogiCode generation failed: %s", exc)
                 ctx.logic_note = f"Logic check unavailable: program generation failed ({exc})."
+                ctx.retry_program_at = time.monotonic() + PROGRAM_RETRY_S
                 return
             if program.model_failed:
                 log.warning("not caching the LogiCode program: the model failed on some rules")
+                ctx.retry_program_at = time.monotonic() + PROGRAM_RETRY_S
             else:
                 self._programs.put(program)
         else:

@@ -152,7 +152,9 @@ class LogiCodeProgram(BaseModel):
     @property
     def model_failed(self) -> bool:
         """A rule was given up because the model itself failed (not because its code was
-        wrong): such a program is not cached, so the next run tries again."""
+        wrong): such a program is not cached on disk, so the next process tries again, and an
+        :class:`~agent.Agent` generates it again when the rule set is next used at least
+        ``agent.core.PROGRAM_RETRY_S`` later."""
         return any(p.startswith(MODEL_FAILURE) for f in self.functions if not f.ok for p in f.problems[-1:])
 
     @property

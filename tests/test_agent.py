@@ -105,6 +105,36 @@ def test_programs_and_fits_are_cached(agent, screw_bag, tmp_path):
     assert again.chat_model.calls >= 1  # written (and repaired if it does not validate)
 
 
+def test_a_failed_generation_is_tried_again_later_not_on_every_image(monkeypatch, tmp_path):
+    import agent.core as core
+    from tests.test_layout import tray
+
+    class FlakyModel(CountingModel):
+        down: bool = True
+
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+            if self.down:
+                self.calls += 1
+                raise RuntimeError("the model server is not up yet")
+            return super()._generate(messages, stop, run_manager, **kwargs)
+
+    refs = [tray(s) for s in range(4)]
+    for retry_s in (core.PROGRAM_RETRY_S, 0.0):
+        monkeypatch.setattr(core, "PROGRAM_RETRY_S", retry_s)
+        model = FlakyModel()
+        agent = Agent(AgentConfig(cache_dir=tmp_path), chat_model=model, model_id="flaky")  # fits cached on disk
+        first = agent.run(tray(50), rules=TRAY_RULES, references=refs)
+        assert not first.logic_available and "not up yet" in first.logic_note
+        calls = model.calls
+        model.down = False
+        later = agent.run(tray(51, skip=0), rules=TRAY_RULES, references=refs)
+        if retry_s:  # within the retry interval: no new attempt for each image
+            assert model.calls == calls and not later.logic_available
+        else:  # the interval has passed: generated again, and the checks are back
+            assert model.calls > calls and later.logic_available
+            assert later.is_anomalous and any(f.source == "logicode" and not f.passed for f in later.findings)
+
+
 def test_broken_model_output_falls_back_without_crashing(screw_bag, tmp_path):
     gen, refs = screw_bag
     model = CountingModel(answer="Sorry, I cannot write code for that.")
