@@ -42,9 +42,12 @@ PROGRAM_RETRY_S = 300.0
 
 
 def image_digest(image) -> str:
+    """A hash of every pixel: part of the cache key of fitted detectors and programs, so two
+    reference sets that differ anywhere (even in one row) never share them. About 10 ms for a
+    full-resolution LOCO image."""
     arr = np.asarray(image)
-    h = hashlib.sha256(str(arr.shape).encode())
-    h.update(np.ascontiguousarray(arr[::2, ::2]).tobytes())
+    h = hashlib.sha256(f"{arr.shape}{arr.dtype}".encode())
+    h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()[:16]
 
 

@@ -342,3 +342,15 @@ def test_a_program_cached_before_grounding_is_grounded_once(screw_bag, tmp_path)
     ctx2 = again.prepare(category="screw_bag", references=refs)
     assert again.chat_model.calls == 1 and ctx2.program.rule_parts == ctx.program.rule_parts
     assert json.loads(path.read_text())["rule_parts"] == ctx.program.rule_parts
+
+
+def test_reference_digest_sees_every_pixel():
+    import numpy as np
+
+    from agent.core import image_digest
+
+    a = np.zeros((40, 60, 3), np.uint8)
+    b = a.copy()
+    b[1, 3, 0] = 1  # an odd row and column: a subsampled hash would miss it
+    assert image_digest(a) != image_digest(b) and image_digest(a) == image_digest(a.copy())
+    assert image_digest(a) != image_digest(a[..., 0])  # the shape is part of it
