@@ -411,6 +411,32 @@ def read_predictions(path: str | os.PathLike) -> list[PredictionRecord]:
     return records
 
 
+def _resumable_settings(path: Path, settings: dict, *, resuming: bool) -> dict:
+    """The settings to record in ``audit.json``. When resuming, the earlier run's predictions
+    must come from the same dataset root, references and rules, or the metrics would mix two
+    setups: a difference is an error, never a silent merge. Categories the earlier run scored
+    and this one does not (``--category``) stay recorded."""
+    if not resuming or not path.is_file():
+        return settings
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return settings
+    where = f"The predictions in '{path.parent}'"
+    fix = "Use another --out folder, or delete that one to start again."
+    if before.get("root") != settings["root"]:
+        raise AuditError(f"{where} are of the dataset '{before.get('root')}', not '{settings['root']}'. {fix}")
+    for name, now in settings["categories"].items():
+        then = (before.get("categories") or {}).get(name)
+        if then is None:
+            continue
+        for what in ("references", "rules"):
+            if then.get(what) != now[what]:
+                raise AuditError(f"{where} were scored with other {what} for '{name}' (an earlier --k or "
+                                 f"--rules). {fix}")
+    return {**settings, "categories": {**(before.get("categories") or {}), **settings["categories"]}}
+
+
 class PredictionWriter:
     """Appends one JSON line per record, flushed and fsynced so that a crash loses at most one image."""
 
@@ -555,10 +581,12 @@ def run_audit(
     todo = [t for t in all_tasks if t.image_id not in done_ids]
     plan_map = {p.category: (p.references, p.rules) for p in plans}
     workers = auto_workers(len(todo)) if not workers else workers
-    (out / "audit.json").write_text(json.dumps({
+    settings = json.loads(json.dumps({
         "root": str(Path(root).resolve()), "k": k, "limit": limit,
         "categories": {p.category: {"references": p.references, "rules": p.rules.model_dump(mode="json")} for p in plans},
-    }, indent=2, default=str), encoding="utf-8")
+    }, default=str))
+    settings = _resumable_settings(out / "audit.json", settings, resuming=bool(previous))
+    (out / "audit.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
 
     scorer_holder: list[Scorer] = []
 

@@ -120,6 +120,28 @@ def test_whole_last_record_without_newline_is_kept(loco, tmp_path):
     assert len(ids) == len(set(ids)) == 8
 
 
+def test_resume_with_other_references_or_rules_is_refused(loco, tmp_path):
+    out = tmp_path / "out"
+    _run(loco, out, limit=2, k=4)
+    with pytest.raises(AuditError, match="other references for 'toy_box'"):
+        _run(loco, out, k=2)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - Exactly one square.\n")
+    with pytest.raises(AuditError, match="other rules for 'toy_box'.*another --out"):
+        _run(loco, out, rules=rules)
+    assert len(read_predictions(out / "predictions.jsonl")) == 2  # nothing was scored or lost
+    assert _run(loco, out, k=4).scored_now == 6  # the same setup resumes
+
+
+def test_a_category_filtered_run_keeps_the_other_categories_recorded(tmp_path):
+    make_loco(tmp_path / "data", "toy_box", n_good=2, n_logical=1, n_structural=1)
+    make_loco(tmp_path / "data", "toy_tray", n_good=2, n_logical=1, n_structural=1)
+    _run(tmp_path / "data", tmp_path / "out", category="toy_box")
+    _run(tmp_path / "data", tmp_path / "out", category="toy_tray")
+    recorded = json.loads((tmp_path / "out" / "audit.json").read_text())
+    assert set(recorded["categories"]) == {"toy_box", "toy_tray"}
+
+
 def test_one_bad_image_is_recorded_and_skipped(loco, tmp_path):
     (loco / "test" / "good" / "001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "out"
