@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,13 +186,22 @@ def plan_audit(
             raise AuditError(f"No usable normality rules for category '{name}': {exc} Pass --rules FILE.") from exc
         plan = CategoryPlan(category=name, root=Path(getattr(ds, "root", root)), references=pick_references(train, k),
                             rules=category_rules)
-        for it in sorted(tests, key=lambda item: str(item.path)):
+        ordered = sorted(tests, key=lambda item: str(item.path))
+
+        def folder_of(item) -> str:
+            return _as_str(getattr(item, "defect_type", None)) or _as_str(getattr(item, "label", None)) or "test"
+
+        # test/<defect_type>/<stem> is unique in the LOCO layout; where two files share a stem
+        # (000.png beside 000.jpg) their ids keep the suffix, so neither is skipped as done
+        stems = Counter((folder_of(it), Path(it.path).stem) for it in ordered)
+        for it in ordered:
             if budget is not None and budget <= 0:
                 break
             label = _as_str(getattr(it, "label", None))
             defect_type = _as_str(getattr(it, "defect_type", None))
-            # test/<defect_type>/<stem> is unique within a category in the LOCO layout
-            image_id = f"{name}/{defect_type or label or 'test'}/{Path(it.path).stem}"
+            path = Path(it.path)
+            unique = stems[(folder_of(it), path.stem)] == 1
+            image_id = f"{name}/{folder_of(it)}/{path.stem if unique else path.name}"
             plan.tasks.append(AuditTask(
                 image_id=image_id, category=name, path=str(it.path), label=label, defect_type=defect_type,
                 anomaly_type=_as_str(getattr(it, "anomaly_type", None)), reason=_as_str(getattr(it, "reason", None)),

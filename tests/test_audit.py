@@ -142,6 +142,17 @@ def test_a_category_filtered_run_keeps_the_other_categories_recorded(tmp_path):
     assert set(recorded["categories"]) == {"toy_box", "toy_tray"}
 
 
+def test_files_sharing_a_stem_are_both_scored(loco, tmp_path):
+    good = loco / "test" / "good"
+    Image.open(good / "000.png").save(good / "000.jpg")
+    out = tmp_path / "out"
+    result = _run(loco, out)
+    ids = [r.image_id for r in read_predictions(out / "predictions.jsonl")]
+    assert {"toy_box/good/000.png", "toy_box/good/000.jpg", "toy_box/good/001"} <= set(ids)
+    assert len(ids) == len(set(ids)) == result.metrics.n_images == 9
+    assert _run(loco, out).scored_now == 0  # and a resume skips both
+
+
 def test_one_bad_image_is_recorded_and_skipped(loco, tmp_path):
     (loco / "test" / "good" / "001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "out"
