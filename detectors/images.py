@@ -68,10 +68,10 @@ def _array_to_pil(arr: np.ndarray, name: str) -> Image.Image:
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB, compositing transparency onto black."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = arr.max(initial=0.0)
-        scale = 255.0 / hi if hi > 255 else 1.0
-        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8))
+        # 16-bit data keeps its high byte, as uint16 arrays do: a fixed scale, so that every
+        # image of a product (references and queries, files and arrays) gets the same gain
+        arr = np.asarray(img).astype(np.int64)
+        img = Image.fromarray(np.clip(arr >> 8, 0, 255).astype(np.uint8))
     elif img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         hi = arr.max(initial=0.0)
@@ -139,7 +139,9 @@ def load_image(src: ImageInput, *, max_side: int | None = DEFAULT_MAX_SIDE) -> I
 def _open(fp: object, name: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns from 89.5 MP on; our own limit (checked below, on the header's size) is
+            # MAX_PIXELS, and Pillow's own error (from 179 MP) still stops a bomb before decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(fp)  # type: ignore[arg-type]
             w, h = img.size
             if w * h > MAX_PIXELS:

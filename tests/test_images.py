@@ -73,6 +73,33 @@ def test_decompression_bomb_is_refused(tmp_path):
     assert "bomb.png" in str(err.value)
 
 
+def test_our_pixel_limit_applies_not_pillows_lower_one(tmp_path, monkeypatch):
+    import detectors.images as images
+
+    # the same relation as the real limits (Pillow warns at 89.5 MP, ours is 120 MP), scaled down
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(images, "MAX_PIXELS", 1400)
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 30)).save(path)  # 1200 pixels: over Pillow's warning, under ours
+    assert load_image(path).size == (40, 30)
+    Image.new("RGB", (40, 40)).save(path)
+    with pytest.raises(ImageInputError, match="exceeds the limit of 1400"):
+        load_image(path)
+
+
+def test_sixteen_bit_images_get_one_fixed_scale(tmp_path):
+    twelve_bit = (np.arange(48, dtype=np.uint16).reshape(6, 8) * 80)  # 0..3760: 12-bit data
+    path = tmp_path / "12bit.png"
+    Image.fromarray(twelve_bit).save(path)
+    from_file, from_array = np.asarray(load_image(path)), np.asarray(load_image(twelve_bit))
+    assert np.array_equal(from_file, from_array) and from_file.max() == 3760 >> 8
+    brighter = twelve_bit.copy()
+    brighter[0, 0] = 65535  # one saturated pixel must not darken the rest
+    path2 = tmp_path / "12bit_hot.png"
+    Image.fromarray(brighter).save(path2)
+    assert np.array_equal(np.asarray(load_image(path2))[1:], from_file[1:])
+
+
 def test_corrupt_and_missing_files_name_the_file(tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image at all")
