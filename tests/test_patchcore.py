@@ -229,3 +229,18 @@ def test_real_juice_bottle_images():
     assert hit.score > 0.5 and hit.score > result.score
     px, py = hit.peak_xy
     assert 250 <= px <= 550 and 800 <= py <= 1100
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_backbone_on_the_gpu_matches_the_cpu(references, tmp_path):
+    """The backbone runs on the device; the bank, search and calibration stay on the CPU."""
+    from detectors.layout import LayoutDetector
+
+    for cls in (PatchCore, LayoutDetector):
+        cpu = cls(image_size=SIZE).fit(references)
+        gpu = cls(image_size=SIZE, device="cuda").fit(references)
+        query = with_defect(7)
+        a, b = cpu.score(query), gpu.score(query)
+        assert abs(a.score - b.score) < 0.05 and a.anomaly_map.shape == b.anomaly_map.shape
+        gpu.save(tmp_path / cls.__name__)
+        assert abs(cls.load(tmp_path / cls.__name__, device="cuda").score(query).score - b.score) < 1e-5

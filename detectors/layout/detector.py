@@ -133,7 +133,8 @@ class LayoutDetector(Detector):
         return features
 
     def _grid_features(self, fm: FeatureMaps, grid: tuple[int, int] | None) -> torch.Tensor:
-        emb = tm.normalise(fm[self.layer])
+        # the backbone runs on ``device``; the comparison and the fitted state stay on the CPU
+        emb = tm.normalise(fm[self.layer].cpu())
         return tm.to_grid(emb, grid) if grid is not None else emb
 
     # -- fit -------------------------------------------------------------------------------

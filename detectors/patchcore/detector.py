@@ -196,7 +196,9 @@ class PatchCore(Detector):
         return features
 
     def _embed(self, fm: FeatureMaps) -> torch.Tensor:
-        return tm.embed_patches(fm, self.layers, self.neighbourhood, self.grid_layer)
+        # The backbone runs on ``device``; the memory bank, its search and the calibration stay on
+        # the CPU, where every tensor of the fitted state lives (and where save/load keep it).
+        return tm.embed_patches(fm, self.layers, self.neighbourhood, self.grid_layer).cpu()
 
     # -- fit -------------------------------------------------------------------------------
     def fit(self, references: Sequence[ImageInput], features: Sequence[FeatureMaps] | None = None) -> "PatchCore":
