@@ -121,7 +121,9 @@ def test_audit_command_writes_outputs_and_resumes(tmp_path):
     first = runner.invoke(app, ["audit", str(loco), "--out", str(out), "--limit", "4", "--k", "2"])
     assert first.exit_code == 0, first.output
     assert "AUROC" in first.stdout and "scored 4 now, 0 resumed" in first.stdout
-    second = runner.invoke(app, ["audit", str(loco), "--out", str(out)])
+    other_k = runner.invoke(app, ["audit", str(loco), "--out", str(out)])  # --k 4: other references
+    assert other_k.exit_code == 2 and "other references" in other_k.stderr
+    second = runner.invoke(app, ["audit", str(loco), "--out", str(out), "--k", "2"])
     assert second.exit_code == 0, second.output
     assert "scored 4 now, 4 resumed, 0 errors" in second.stdout
     for name in ("predictions.jsonl", "metrics.json", "report.html"):
