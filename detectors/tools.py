@@ -188,7 +188,11 @@ def _to_output(result: AnomalyResult) -> AnomalyScoreOutput:
 
 def _checked_path(image_path: str) -> Path:
     path = Path(os.path.expanduser(image_path))
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError as exc:  # a name too long, a folder we may not enter
+        raise ToolException(f"Cannot read image '{image_path[:200]}': {exc.strerror or exc}.") from exc
+    if not is_file:
         raise ToolException(
             f"Cannot read image '{image_path}': "
             + ("it is a directory, not a file." if path.is_dir() else "the file does not exist.")

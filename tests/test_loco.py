@@ -125,6 +125,18 @@ def test_several_masks_per_image_are_united(tmp_path):
     assert ds.mask(item).sum() == 12 * 7
 
 
+def test_mask_of_an_exif_rotated_image_is_at_its_upright_size(tmp_path):
+    root = _category(tmp_path / "cat")
+    ds = LocoDataset(root)
+    item = ds.items("test", "logical")[0]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated by 90 degrees
+    photo = item.path.with_suffix(".jpg")
+    Image.new("RGB", (20, 10)).save(photo, exif=exif)
+    item = item.model_copy(update={"path": photo})
+    assert ds.image(item).shape[:2] == ds.mask(item).shape == (20, 10)
+
+
 def test_flat_masks_are_accepted(tmp_path):
     ds = LocoDataset(_category(tmp_path / "cat", flat_masks=True))
     item = ds.items("test", "logical")[0]

@@ -163,6 +163,7 @@ def test_errors_reach_the_agent_as_readable_messages(patchcore, images, tmp_path
     tool = by_name(detector_tools(structural=patchcore))["structural_score"]
     assert "the file does not exist" in tool.invoke({"image_path": str(tmp_path / "missing.png")})
     assert "directory" in tool.invoke({"image_path": str(tmp_path)})
+    assert "File name too long" in tool.invoke({"image_path": "a" * 300 + ".png"})
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     assert "not a recognised image format" in tool.invoke({"image_path": str(broken)})

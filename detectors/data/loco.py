@@ -218,17 +218,20 @@ class LocoDataset:
 
         Empty (all False) for good items.
         """
-        from PIL import Image
+        from PIL import Image, ImageOps
 
         if size is None:
             with Image.open(item.path) as im:
                 size = im.size
+                # the image is read upright (EXIF orientation), so its mask is at the upright size
+                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                    size = size[::-1]
         w, h = size
         out = np.zeros((h, w), dtype=bool)
         for mpath in item.mask_paths:
             try:
                 with Image.open(mpath) as m:
-                    m = m.convert("L")
+                    m = ImageOps.exif_transpose(m).convert("L")
                     if m.size != (w, h):
                         m = m.resize((w, h), Image.Resampling.NEAREST)
                     out |= np.asarray(m) > 0
