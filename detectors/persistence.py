@@ -58,9 +58,19 @@ def load_folder(who: str, path: str | Path, *, fmt: str, version: int) -> tuple[
         raise FileNotFoundError(f"{who}.load: {folder} is not a saved {who} (expected {CONFIG_FILE} and {STATE_FILE}).")
     try:
         config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{who}.load: {config_file} is not valid JSON ({exc}).") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{who}.load: {config_file} holds a JSON {type(config).__name__}, not a saved {who}'s "
+                         "configuration.")
     if config.get("format") != fmt or config.get("version") != version:
         raise ValueError(f"{who}.load: {config_file} has format {config.get('format')!r} version "
                          f"{config.get('version')!r}; expected {fmt!r} version {version}.")
-    return config, torch.load(state_file, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign file: torch raises OSError, RuntimeError, pickle errors
+        raise ValueError(f"{who}.load: {state_file} cannot be read ({type(exc).__name__}: {exc}); "
+                         "it may be truncated. Fit the detector again and save it.") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"{who}.load: {state_file} does not hold a saved {who}'s tensors.")
+    return config, state

@@ -173,6 +173,17 @@ def test_load_refuses_what_it_did_not_write(tmp_path):
         PatchCore.load(tmp_path)
 
 
+def test_load_of_a_damaged_folder_is_a_clear_error(fitted, tmp_path):
+    fitted.save(tmp_path / "pc")
+    state = tmp_path / "pc" / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # a copy cut short
+    with pytest.raises(ValueError, match="state.pt cannot be read .*truncated"):
+        PatchCore.load(tmp_path / "pc")
+    (tmp_path / "pc" / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="holds a JSON list"):
+        PatchCore.load(tmp_path / "pc")
+
+
 def test_shared_features_give_the_same_result(fitted):
     image = with_defect(80)
     request = fitted.feature_request()
