@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from detectors.images import ImageInput, load_image
+from detectors.images import DEFAULT_MAX_SIDE, ImageInput, load_image
 from prompts.multimodal import label_font
 
 from .schema import Verdict
@@ -60,7 +61,11 @@ def render_overlay(
     max_side: Optional[int] = None,
 ) -> Image.Image:
     """The image with heat-map, part boxes and failed-finding boxes drawn on it."""
-    base = load_image(image, max_side=None).convert("RGB")
+    # the frame the detectors saw: an image over DEFAULT_MAX_SIDE was downscaled to it (with a
+    # warning) before perception, and every box, peak and map of the verdict is in its pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        base = load_image(image, max_side=DEFAULT_MAX_SIDE).convert("RGB")
     out = np.asarray(base, dtype=np.float32)
     if anomaly_map is not None:
         amap = _normalise_map(anomaly_map, base.size)

@@ -239,3 +239,19 @@ def test_auto_workers_only_parallelises_big_batches(monkeypatch):
     assert auto_workers(100) == 2
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert auto_workers(1000) == 4
+
+
+def test_overlay_of_a_very_large_image_is_drawn_in_the_frame_the_agent_saw():
+    import numpy as np
+
+    from agent.overlay import render_overlay
+    from agent.schema import Finding, Region, Verdict
+
+    # 5000 px wide: the agent analysed it at 4096 px, so its boxes are in that frame
+    big = Image.new("RGB", (5000, 100), (0, 0, 0))
+    box = (4000, 20, 4080, 60)
+    finding = Finding(rule_id="r1", rule_text="One part.", passed=False, evidence=[Region(bbox=box)])
+    verdict = Verdict(score=0.9, is_anomalous=True, threshold=0.5, findings=[finding], explanation="r1 FAILED")
+    out = np.asarray(render_overlay(big, verdict))
+    assert out.shape[:2] == (82, 4096)
+    assert tuple(out[40, box[0]]) == (230, 25, 25)  # the box's left edge, where the agent found it
