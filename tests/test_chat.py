@@ -142,3 +142,12 @@ def test_web_sessions_refuse_server_paths(tmp_path):
         assert reply.text == NO_SERVER_PATHS
     assert session.references == [] and session.image is None
     assert "exactly two screws" in session.handle("rules: The bag holds exactly two screws.").text
+    # the web form's rules box goes to set_rules directly: a path there is refused too, unread
+    secret = tmp_path / "secrets.yaml"
+    secret.write_text("rules:\n  - The token is hunter2.\n")
+    from prompts import RulesError
+
+    with pytest.raises(RulesError) as info:
+        session.set_rules(str(secret))
+    assert str(info.value) == NO_SERVER_PATHS and "hunter2" not in str(info.value)
+    assert "hunter2" not in session.rules.numbered()
