@@ -6,11 +6,10 @@ version is part of the program cache key, so editing a template means bumping it
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from importlib import resources
 
-from .rules import NormalityRules, Rule
+from .rules import NormalityRules, Rule, rule_key
 
 LOGICODE_TEMPLATE_VERSION = "v2"
 GROUNDING_TEMPLATE_VERSION = "v2"
@@ -26,7 +25,7 @@ def load_template(name: str) -> str:
 
 def rule_function_name(rule: Rule) -> str:
     """A Python identifier for a rule's check function, e.g. ``check_r1``."""
-    return "check_" + re.sub(r"\W", "_", rule.id).lower()
+    return "check_" + rule_key(rule.id)
 
 
 def _hint(rule: Rule) -> str:

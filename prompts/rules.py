@@ -71,6 +71,11 @@ class Rule(BaseModel):
         return value
 
 
+def rule_key(rule_id: str) -> str:
+    """The rule id as a Python identifier's tail (``R-1`` -> ``r_1``); unique within a rule set."""
+    return re.sub(r"\W", "_", rule_id).lower()
+
+
 class NormalityRules(BaseModel):
     """A product category, a sentence or two of class context, and its rules."""
 
@@ -84,6 +89,14 @@ class NormalityRules(BaseModel):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"rule ids must be unique; repeated: {dupes}")
+        # each rule's check is a Python function named after its id (check_r1): ids that differ
+        # only in case or in '.', '-', '_' would name one function, and one check would judge both
+        keys: dict[str, str] = {}
+        for i in ids:
+            other = keys.setdefault(rule_key(i), i)
+            if other != i:
+                raise ValueError(f"rule ids {other!r} and {i!r} differ only in case or in '.', '-', '_'; "
+                                 "give them distinct ids")
         return self
 
     # -- constructors -------------------------------------------------------------

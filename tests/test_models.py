@@ -61,6 +61,8 @@ def test_rules_from_list_text_and_file(tmp_path):
         ("rules: [\n", "is not valid YAML"),
         ("rules:\n  - {id: 'bad id!', text: 'A rule.'}\n", "String should match pattern"),
         ("rules:\n  - {id: a, text: One.}\n  - {id: a, text: Two.}\n", "rule ids must be unique"),
+        ("rules:\n  - {id: R1, text: One.}\n  - {id: r1, text: Two.}\n", "'R1' and 'r1' differ only in case"),
+        ("rules:\n  - {id: a.b, text: One.}\n  - {id: a-b, text: Two.}\n", "give them distinct ids"),
         ("just a string", "expected a mapping with a 'rules' list"),
     ],
 )
