@@ -388,6 +388,17 @@ def _run_request(start: float, request: dict, blobs: list[bytes], timeout_s: flo
     return _parse_reply(start, body)
 
 
+def _encodable(reply: dict) -> dict:
+    """The reply with lone surrogates (``"\\udcff"`` in the program's JSON) replaced by '?': they
+    survive JSON but not UTF-8, so a verdict holding one could be neither printed nor saved."""
+    text = json.dumps(reply, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+        return reply
+    except UnicodeEncodeError:
+        return json.loads(text.encode("utf-8", "replace").decode("utf-8"))
+
+
 def _parse_reply(start: float, body: bytes) -> RunResult:
     try:
         reply = json.loads(body)
@@ -395,6 +406,7 @@ def _parse_reply(start: float, body: bytes) -> RunResult:
         return _finish(start, ok=False, error_kind="crashed", error="the program process sent an unreadable result")
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
         return _finish(start, ok=False, error_kind="crashed", error="the program process sent a malformed result")
+    reply = _encodable(reply)
     stdout = reply.get("stdout") if isinstance(reply.get("stdout"), str) else ""
     stdout = stdout[: MAX_STDOUT_CHARS + 200]
     if reply["ok"]:

@@ -202,6 +202,15 @@ def test_runtime_error_reports_line_and_reason():
     assert "'missing'" in result.error
 
 
+def test_lone_surrogates_in_a_result_or_error_become_printable():
+    value = run_program("def check():\n    return {'observed': 'a' + chr(0xdcff)}\n")
+    assert value.ok and value.value == {"observed": "a?"}
+    error = run_program("def check():\n    raise ValueError('bad ' + chr(0xd800))\n")
+    assert not error.ok and "bad ?" in error.error
+    for result in (value, error):
+        result.model_dump_json().encode("utf-8")  # a verdict holding it can be saved and printed
+
+
 def test_rejection_reports_line_and_reason():
     result = run_program("import math\n\ndef check():\n    return eval('1')\n")
     assert not result.ok and result.error_kind == "rejected"
