@@ -44,7 +44,8 @@ OPEN_WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000
 # x86-64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl).
 DENIED_EPERM = {
     "socket": 41, "connect": 42, "accept": 43, "bind": 49, "listen": 50, "socketpair": 53,
-    "fork": 57, "vfork": 58, "execve": 59, "kill": 62,
+    "fork": 57, "vfork": 58, "execve": 59, "kill": 62, "rt_sigqueueinfo": 129, "tgkill": 234,
+    "rt_tgsigqueueinfo": 297,
     "truncate": 76, "ftruncate": 77, "rename": 82, "mkdir": 83, "rmdir": 84, "creat": 85,
     "link": 86, "unlink": 87, "symlink": 88, "chmod": 90, "fchmod": 91, "chown": 92,
     "fchown": 93, "lchown": 94, "ptrace": 101, "mknod": 133, "personality": 135,

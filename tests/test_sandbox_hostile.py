@@ -193,6 +193,13 @@ OS_LAYER_PROBES = [
     ("raw-multiprocessing",
      "import multiprocessing\ndef check():\n    multiprocessing.Process(target=print).start()\n", "Error"),
     ("raw-kill-parent", "import os, signal\ndef check():\n    os.kill(os.getppid(), signal.SIGKILL)\n", "PermissionError"),
+    # tgkill, the thread-directed kill, with signal 0 to itself: no uid rule can refuse that, only
+    # the seccomp filter (and signal 0 harms nothing if it got through)
+    ("raw-tgkill-self",
+     "import ctypes, os\ndef check():\n    libc = ctypes.CDLL(None, use_errno=True)\n"
+     "    if libc.syscall(234, os.getpid(), os.getpid(), 0) != 0:\n"
+     "        raise PermissionError(os.strerror(ctypes.get_errno()))\n    return 'signal delivered'\n",
+     "PermissionError"),
     ("raw-sys-exit", "import sys\ndef check():\n    sys.exit(3)\n", "SystemExit"),
     ("raw-stdin", "import sys\ndef check():\n    return sys.stdin.read()\n", "Error"),
     ("raw-ctypes-segfault", "import ctypes\ndef check():\n    return ctypes.string_at(0)\n", None),
@@ -206,6 +213,8 @@ def test_os_layers_alone_contain_full_python(name, source, error_fragment, canar
                 "raw-subprocess", "raw-kill-parent") and not layers["seccomp"].startswith("active"):
         if not layers["user"].startswith("active"):
             pytest.skip(f"needs the seccomp filter or the unprivileged user; here: {layers['seccomp']}")
+    if name == "raw-tgkill-self" and not layers["seccomp"].startswith("active"):
+        pytest.skip(f"needs the seccomp filter; here: {layers['seccomp']}")
     if name == "raw-read-host-file" and not layers["filesystem"].startswith("active"):
         pytest.skip(f"needs the chroot; here: {layers['filesystem']}")
     if name == "raw-socket-connect" and not (layers["network"].startswith("active") or layers["seccomp"].startswith("active")):
