@@ -26,6 +26,11 @@ class RulesError(ValueError):
 Comparison = Literal["==", "!=", "<", "<=", ">", ">=", "in", "matches"]
 
 
+#: a rules file is a page of text; anything much larger is a mistake (or an attack)
+MAX_RULES_FILE_BYTES = 1_000_000
+MAX_CHECK_VALUE_ITEMS = 1000
+
+
 class RuleCheck(BaseModel):
     """An optional structured form of a rule, e.g. ``count of screw == 2``."""
 
@@ -47,13 +52,19 @@ class RuleCheck(BaseModel):
         return f"{self.attribute} of {self.subject}{where} {self.op} {self.value!r}"
 
 
-def _ordered_value(value: Any) -> Any:
+def _ordered_value(value: Any, budget: Optional[list[int]] = None) -> Any:
+    # YAML anchors let a few hundred bytes stand for billions of nested items; a check's value
+    # is a number, a word or a short list, so anything larger is refused before it is expanded
+    budget = [MAX_CHECK_VALUE_ITEMS] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ValueError(f"a rule check's value may hold at most {MAX_CHECK_VALUE_ITEMS} items")
     if isinstance(value, (set, frozenset)):
-        return sorted((_ordered_value(v) for v in value), key=repr)
+        return sorted((_ordered_value(v, budget) for v in value), key=repr)
     if isinstance(value, (list, tuple)):
-        return [_ordered_value(v) for v in value]
+        return [_ordered_value(v, budget) for v in value]
     if isinstance(value, dict):
-        return {k: _ordered_value(v) for k, v in value.items()}
+        return {k: _ordered_value(v, budget) for k, v in value.items()}
     return value
 
 
@@ -107,11 +118,22 @@ class NormalityRules(BaseModel):
         texts = [t for t in (str(t).strip() for t in texts) if t]
         if not texts:
             raise RulesError("No rules given: the list of rule texts is empty.")
-        return cls(
-            category=category,
-            class_context=class_context,
-            rules=[Rule(id=f"r{i + 1}", text=t) for i, t in enumerate(texts)],
+        return cls._validated(
+            {"category": category, "class_context": class_context,
+             "rules": [{"id": f"r{i + 1}", "text": t} for i, t in enumerate(texts)]},
+            source="rules",
         )
+
+    @classmethod
+    def _validated(cls, data: dict, *, source: str) -> "NormalityRules":
+        """``cls(**data)``, with pydantic's complaints turned into one :class:`RulesError`."""
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            )
+            raise RulesError(f"Malformed {source}: {problems}") from exc
 
     @classmethod
     def from_text(cls, text: str, **kwargs: Any) -> "NormalityRules":
@@ -127,7 +149,13 @@ class NormalityRules(BaseModel):
         path = Path(path)
         if not path.is_file():
             raise RulesError(f"Rules file '{path}' does not exist.")
-        raw = path.read_text(encoding="utf-8")
+        if path.stat().st_size > MAX_RULES_FILE_BYTES:
+            raise RulesError(f"Rules file '{path}' is {path.stat().st_size} bytes; a rules file holds at most "
+                             f"{MAX_RULES_FILE_BYTES} bytes.")
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise RulesError(f"Rules file '{path}' is not UTF-8 text ({exc.reason} at byte {exc.start}).") from exc
         try:
             data = json.loads(raw) if path.suffix.lower() == ".json" else yaml.safe_load(raw)
         except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -155,13 +183,7 @@ class NormalityRules(BaseModel):
             else:
                 raise RulesError(f"Malformed {source}: rule {i + 1} must be a string or a mapping, got {type(item).__name__}.")
         payload = {k: v for k, v in data.items() if k in ("category", "class_context")}
-        try:
-            return cls(**payload, rules=items)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-            )
-            raise RulesError(f"Malformed {source}: {problems}") from exc
+        return cls._validated({**payload, "rules": items}, source=source)
 
     @classmethod
     def for_category(cls, category: str) -> "NormalityRules":
@@ -236,4 +258,7 @@ def load_rules(
             updates["class_context"] = NormalityRules.for_category(category).class_context
         except RulesError:
             pass
-    return out.model_copy(update=updates) if updates else out
+    if not updates:
+        return out
+    # validated again (model_copy would not check the category's and context's lengths)
+    return NormalityRules._validated({**out.model_dump(), **updates}, source="rules")

@@ -113,6 +113,32 @@ def test_rules_digest_does_not_depend_on_pythons_hash_seed(tmp_path):
     assert "['blue', 'green', 'red', 'white']" in outs.pop()
 
 
+def test_rules_that_would_crash_or_swamp_the_caller_are_clear_errors(tmp_path):
+    with pytest.raises(RulesError, match="rules.0.text: String should have at least 3 characters"):
+        load_rules(["ab"])
+    with pytest.raises(RulesError, match="at most 50 items"):
+        load_rules([f"Rule number {i}." for i in range(51)])
+    with pytest.raises(RulesError, match="class_context: String should have at most 2000"):
+        load_rules(["One knob."], class_context="x" * 2001)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("rules:\n  - Zwei Schrauben, gro\xdfe.\n".encode("latin-1"))
+    with pytest.raises(RulesError, match="not UTF-8 text"):
+        load_rules(latin)
+    # a few hundred bytes of YAML anchors that expand to a billion items
+    bomb = tmp_path / "bomb.yaml"
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
+        f"*a{i - 1}, *a{i - 1}]" for i in range(1, 9)]
+    bomb.write_text("\n".join(levels) + "\nrules:\n  - text: Many values.\n    check: {attribute: color, "
+                    "subject: cable, op: in, value: *a8}\n")
+    with pytest.raises(RulesError, match="at most 1000 items"):
+        load_rules(bomb)
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("rules:\n  - One knob.\n" + "#" * 1_000_001)
+    with pytest.raises(RulesError, match="at most 1000000 bytes"):
+        load_rules(huge)
+
+
 def test_verdict_round_trips_through_json():
     finding = Finding(
         rule_id="r1", rule_text="Exactly 15 pins.", passed=False, expected=15, observed=14,
