@@ -33,6 +33,28 @@ def make_agent(config: Optional[Path] = None):
     return Agent(AgentConfig.from_file(config) if config else None)
 
 
+def _check_config(value: Optional[Path]) -> Optional[Path]:
+    """Read --config before any work starts, so that a bad file is a usage error, not a traceback."""
+    if value is not None:
+        from .config import AgentConfig, ConfigError
+
+        try:
+            AgentConfig.from_file(value)
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    return value
+
+
+def _check_overlay_path(value: Optional[Path]) -> Optional[Path]:
+    """The overlay's format comes from its extension: check it before the (long) inspection runs."""
+    if value is not None:
+        from PIL import Image
+
+        if value.suffix.lower() not in Image.registered_extensions():
+            raise typer.BadParameter(f"'{value}' has no image extension Pillow can write (use .png or .jpg).")
+    return value
+
+
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
     Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -119,8 +141,9 @@ def inspect(
     rule: Optional[list[str]] = typer.Option(None, "--rule", help="a rule in words; repeat for several"),
     ref: Optional[list[Path]] = typer.Option(None, "--ref", help="a reference image of a normal product; repeatable"),
     as_json: bool = typer.Option(False, "--json", help="print only the Verdict as JSON on stdout"),
-    overlay: Optional[Path] = typer.Option(None, "--overlay", "-o", help="write an overlay PNG here"),
-    config: Optional[Path] = typer.Option(None, "--config", help="AgentConfig YAML/JSON"),
+    overlay: Optional[Path] = typer.Option(None, "--overlay", "-o", help="write an overlay PNG here",
+                                           callback=_check_overlay_path),
+    config: Optional[Path] = typer.Option(None, "--config", help="AgentConfig YAML/JSON", callback=_check_config),
 ) -> None:
     """Check one image against normality rules and explain the verdict."""
     from detectors.images import ImageInputError, load_image
@@ -164,7 +187,7 @@ def chat(
     category: Optional[str] = typer.Option(None, "--category", "-c", help="built-in rule pack to start with"),
     rules: Optional[Path] = typer.Option(None, "--rules", "-r", help="YAML/JSON rules file to start with"),
     ref: Optional[list[Path]] = typer.Option(None, "--ref", help="reference image; repeatable"),
-    config: Optional[Path] = typer.Option(None, "--config", help="AgentConfig YAML/JSON"),
+    config: Optional[Path] = typer.Option(None, "--config", help="AgentConfig YAML/JSON", callback=_check_config),
 ) -> None:
     """An interactive session: 'inspect PATH', then ask 'why did rule 2 fail?', 'how many washers?', ..."""
     from detectors.images import ImageInputError
@@ -209,7 +232,7 @@ def audit(
     rules: Optional[Path] = typer.Option(None, "--rules", "-r", help="rules file overriding the dataset's own"),
     workers: int = typer.Option(0, "--workers", "-w", min=0,
                                 help="perception worker processes (0 = one per core when there are enough images)"),
-    config: Optional[Path] = typer.Option(None, "--config", help="AgentConfig YAML/JSON"),
+    config: Optional[Path] = typer.Option(None, "--config", help="AgentConfig YAML/JSON", callback=_check_config),
 ) -> None:
     """Score every test image of an MVTec LOCO folder; write predictions.jsonl, metrics.json, report.html."""
     from functools import partial
@@ -297,7 +320,7 @@ def demo() -> None:
 @app.command()
 def serve(
     port: int = typer.Option(7860, "--port", "-p", min=1, max=65535),
-    config: Optional[Path] = typer.Option(None, "--config", help="AgentConfig YAML/JSON"),
+    config: Optional[Path] = typer.Option(None, "--config", help="AgentConfig YAML/JSON", callback=_check_config),
 ) -> None:
     """Start the web chat UI on 127.0.0.1."""
     from functools import partial

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 def default_cache_dir() -> Path:
@@ -94,6 +94,10 @@ class PerceptionConfig(BaseModel):
         return {"backbone": self.backbone, **self.layout_detector.model_dump(exclude_none=True)}
 
 
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and the problem."""
+
+
 class FusionConfig(BaseModel):
     """How the evidence sources (rules, structural, composition, layout) become one score (see ``agent.fusion``)."""
 
@@ -164,5 +168,17 @@ class AgentConfig(BaseModel):
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "AgentConfig":
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        return cls.model_validate(data)
+        """Read a YAML/JSON config; any problem is a :class:`ConfigError` that names the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file '{path}' does not exist.")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"Config file '{path}' cannot be read as YAML/JSON: {exc}") from exc
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+                                 for err in exc.errors())
+            raise ConfigError(f"Config file '{path}' is not a valid agent configuration: {problems}") from exc
