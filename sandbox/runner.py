@@ -81,15 +81,24 @@ def _widen_pipe(fd: int) -> None:
 class _Worker:
     def __init__(self) -> None:
         self.workdir = tempfile.mkdtemp(prefix="logicode-")
-        os.chmod(self.workdir, 0o555)  # empty and read-only; programs run inside it
-        # The worker's stderr (its start-up errors; program processes write to /dev/null)
-        # goes to an anonymous file so that a failure to start can be explained.
-        self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-B", WORKER_SCRIPT, self.workdir],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-            env=dict(WORKER_ENV), cwd=self.workdir, close_fds=True, start_new_session=True,
-        )
+        try:
+            os.chmod(self.workdir, 0o555)  # empty and read-only; programs run inside it
+            # The worker's stderr (its start-up errors; program processes write to /dev/null)
+            # goes to an anonymous file so that a failure to start can be explained.
+            self.stderr = tempfile.TemporaryFile()
+        except BaseException:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-B", WORKER_SCRIPT, self.workdir],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                env=dict(WORKER_ENV), cwd=self.workdir, close_fds=True, start_new_session=True,
+            )
+        except BaseException:  # no process (no free descriptors, fork refused): leave nothing behind
+            self.stderr.close()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
         self.layers: Optional[dict] = None
         for pipe in (self.proc.stdin, self.proc.stdout):
             _widen_pipe(pipe.fileno())
@@ -209,8 +218,12 @@ class _Pool:
         self.workers: set[_Worker] = set()
         self.lock = threading.Lock()
         self.closed = False
+        self.missing = 0  # slots whose worker could not be (re)started; tried again when needed
         for _ in range(size):
-            self._add()
+            try:
+                self._add()
+            except Exception:
+                self.missing += 1
 
     def _add(self) -> None:
         worker = _Worker()
@@ -223,7 +236,25 @@ class _Pool:
             self.workers.discard(worker)
         worker.kill()
         if not self.closed:
+            try:
+                self._add()
+            except Exception:  # e.g. out of file descriptors: keep the slot, start it when needed
+                with self.lock:
+                    self.missing += 1
+
+    def _restore(self) -> Optional[str]:
+        """Start a worker for a slot lost when its replacement failed; the error if it cannot."""
+        with self.lock:
+            if self.missing == 0:
+                return None
+            self.missing -= 1
+        try:
             self._add()
+        except Exception as exc:
+            with self.lock:
+                self.missing += 1
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
     def execute(self, request: dict, blobs: list[bytes], timeout_s: float) -> tuple[dict, bytes]:
         """Runs one request on a free worker. A worker found broken before the program was
@@ -233,6 +264,8 @@ class _Pool:
             worker = self._next_idle()
             if worker is None:
                 return {"kind": "crashed", "error": "the sandbox was shut down during the call"}, b""
+            if isinstance(worker, str):
+                return {"kind": "crashed", "error": f"the sandbox could not start a worker ({worker})"}, b""
             started = False
             try:
                 if not worker.alive():
@@ -255,17 +288,26 @@ class _Pool:
             return header, body
         raise AssertionError("unreachable")
 
-    def _next_idle(self) -> Optional[_Worker]:
-        """A free worker; None once the pool is shut down (no worker will come back)."""
+    def _next_idle(self) -> "_Worker | str | None":
+        """A free worker; None once the pool is shut down (no worker will come back); the error
+        when no worker is running and none can be started (waiting would then never end)."""
         while True:
             try:
                 return self.idle.get(timeout=0.5)
             except queue.Empty:
                 if self.closed:
                     return None
+                error = self._restore()
+                if error is not None:
+                    with self.lock:
+                        running = len(self.workers)
+                    if running == 0:
+                        return error
 
     def layers(self) -> dict:
-        worker = self.idle.get()
+        worker = self._next_idle()
+        if not isinstance(worker, _Worker):
+            return {"worker": f"unavailable: {worker or 'the sandbox was shut down'}"}
         try:
             worker.ensure_ready()
         except _WorkerBroken as exc:

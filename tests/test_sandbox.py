@@ -307,6 +307,28 @@ def test_killed_worker_is_replaced_and_next_call_succeeds():
     assert all(w.alive() for w in pool.workers)
 
 
+def test_a_worker_that_cannot_start_is_an_error_result_and_the_pool_recovers(monkeypatch):
+    assert run_program("def check():\n    return 1\n").ok
+    pool = sandbox.runner._get_pool()
+    real_popen = sandbox.runner.subprocess.Popen
+
+    def no_descriptors(*args, **kwargs):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(sandbox.runner.subprocess, "Popen", no_descriptors)
+    for worker in list(pool.workers):  # every worker dies; none can be replaced
+        os.killpg(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait(timeout=10)
+    for _ in range(len(pool.workers) + 2):  # never raises, never hangs
+        t0 = time.perf_counter()
+        result = run_program("def check():\n    return 1\n")
+        assert not result.ok and result.error_kind == "crashed" and "Too many open files" in result.error
+        assert time.perf_counter() - t0 < 15
+    monkeypatch.setattr(sandbox.runner.subprocess, "Popen", real_popen)  # resources come back
+    assert run_program("def check():\n    return 'back'\n").value == "back"
+    assert run_program("def check():\n    return 'again'\n").value == "again"
+
+
 def test_stuck_worker_is_killed_by_the_host(monkeypatch):
     """Workers that stop answering (here: their whole process group is SIGSTOPped) are
     killed by the host at timeout + grace and replaced; then calls succeed again."""
