@@ -90,7 +90,6 @@ def run_agentic(chat_model: Any, messages: list, tools: list[BaseTool], rules, *
     validated program.
     """
     from agent.llm import LLMError, LLMTimeoutError, invoke_message_with_timeout
-    from prompts.multimodal import parse_inspection_answer
 
     trace: list[ToolCall] = []
     by_name = {t.name: t for t in tools}
@@ -111,9 +110,16 @@ def run_agentic(chat_model: Any, messages: list, tools: list[BaseTool], rules, *
         if not isinstance(reply, AIMessage):
             return [], trace, f"Agentic mode failed at step {step}: the model returned {type(reply).__name__}."
         messages.append(reply)
-        if not reply.tool_calls:
+        invalid = list(getattr(reply, "invalid_tool_calls", None) or [])
+        if not reply.tool_calls and not invalid:
             answer = reply.content if isinstance(reply.content, str) else json.dumps(reply.content)
             break
+        for call in invalid:  # arguments that are not JSON: every call id needs its answer
+            text = _as_text({"error": f"the arguments of {call.get('name')!r} are not valid JSON "
+                                      f"({call.get('error') or 'unreadable'}); call it again with a JSON object"})
+            trace.append(ToolCall(tool=str(call.get("name") or "?"), arguments={"raw": str(call.get("args"))[:500]},
+                                  output=_short(text)))
+            messages.append(ToolMessage(content=text, tool_call_id=call.get("id") or str(call.get("name"))))
         for call in reply.tool_calls:
             tool = by_name.get(call["name"])
             if tool is None:
@@ -126,12 +132,33 @@ def run_agentic(chat_model: Any, messages: list, tools: list[BaseTool], rules, *
             text = _as_text(output)
             trace.append(ToolCall(tool=call["name"], arguments=call.get("args") or {}, output=_short(text)))
             messages.append(ToolMessage(content=text, tool_call_id=call.get("id") or call["name"]))
-    else:
-        return [], trace, f"Agentic mode gave no answer within {max_steps} steps."
+    findings = _findings(answer, rules)
+    if not findings:
+        # No readable answer within the steps, or an empty one: ask once more without tools. Some
+        # backends cannot answer in words while tools are bound (llama.cpp's function-calling
+        # grammar only lets the model name a tool or stop), and a model may keep calling tools.
+        messages.append(HumanMessage(FINAL_ANSWER_REQUEST))
+        try:
+            reply = invoke_message_with_timeout(chat_model, messages, timeout_s)
+        except (LLMTimeoutError, LLMError) as exc:
+            return [], trace, f"Agentic mode gave no answer within {max_steps} steps, and the final request failed ({exc})."
+        content = getattr(reply, "content", "")
+        findings = _findings(content if isinstance(content, str) else json.dumps(content), rules)
+    note = "" if findings else f"Agentic mode: no per-rule findings in the model's answer ({max_steps} steps at most)."
+    return findings, trace, note
+
+
+#: the last request, without tools, when the loop ended without a readable answer
+FINAL_ANSWER_REQUEST = ("Stop calling tools now. Answer with the JSON described above, one entry per rule, "
+                        "from what the tools have shown, and nothing else.")
+
+
+def _findings(answer: str, rules) -> list[Finding]:
+    from prompts.multimodal import parse_inspection_answer
 
     rules_by_id = {r.id: r for r in rules.rules}
     findings = []
-    for item in parse_inspection_answer(answer):
+    for item in parse_inspection_answer(answer or ""):
         rule = rules_by_id.get(str(item.get("rule_id")))
         if rule is None or item.get("passed") is None:  # unreadable: no claim either way
             continue
@@ -140,8 +167,7 @@ def run_agentic(chat_model: Any, messages: list, tools: list[BaseTool], rules, *
             expected=item.get("expected"), observed=item.get("observed"),
             explanation=str(item.get("reason") or "")[:300], confidence=0.8, source="model",
         ))
-    note = "" if findings else "Agentic mode: the model's answer held no per-rule findings."
-    return findings, trace, note
+    return findings
 
 
 def _as_text(output: Any) -> str:

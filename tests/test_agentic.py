@@ -83,10 +83,41 @@ def test_tool_loop_without_an_answer_falls_back_to_the_program(refs, tmp_path):
         AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', True, 1, 1)\n```"), *loop,
     ])
     agent = Agent(AgentConfig(cache_dir=tmp_path, mode="agentic"), chat_model=fake, model_id="fake2")
+    # after 8 steps of tool calls, one last request without tools; prose there is no answer either
+    fake.script.append(AIMessage("I would need more measurements."))
     v = agent.run(gen.sample(41).image, rules=["At least one object."], references=references)
-    assert "no answer within 8 steps" in v.logic_note
+    assert "no per-rule findings" in v.logic_note and "8 steps" in v.logic_note
     assert [f.source for f in v.findings if f.rule_id == "r1"] == ["logicode"]
     assert len(v.tool_trace) == 8
+
+
+def test_a_model_that_keeps_calling_tools_is_asked_once_more_without_them(refs, tmp_path):
+    gen, references = refs
+    loop = [AIMessage("", tool_calls=[{"name": "parse_scene", "args": {}, "id": f"p{i}"}]) for i in range(8)]
+    fake = ToolCallingFake(script=[
+        AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', True, 1, 1)\n```"),
+        *loop, _answer(passed=False),
+    ])
+    agent = Agent(AgentConfig(cache_dir=tmp_path, mode="agentic"), chat_model=fake, model_id="fake4")
+    v = agent.run(gen.sample(44).image, rules=["The bag holds exactly two washers."], references=references)
+    assert len(v.tool_trace) == 8 and not fake.script
+    assert [f.passed for f in v.findings if f.source == "model"] == [False] and v.is_anomalous
+
+
+def test_tool_arguments_that_are_not_json_are_answered_and_the_loop_goes_on(refs, tmp_path):
+    gen, references = refs
+    broken = {"name": "run_logicode", "args": '{"source": "def check(s', "id": "c9", "error": "Unterminated string",
+              "type": "invalid_tool_call"}
+    fake = ToolCallingFake(script=[
+        AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', True, 1, 1)\n```"),
+        AIMessage("", invalid_tool_calls=[broken]),
+        _answer(passed=True),
+    ])
+    agent = Agent(AgentConfig(cache_dir=tmp_path, mode="agentic"), chat_model=fake, model_id="fake5")
+    v = agent.run(gen.sample(45).image, rules=["The bag holds exactly two washers."], references=references)
+    assert [c.tool for c in v.tool_trace] == ["run_logicode"] and "not valid JSON" in v.tool_trace[0].output
+    assert any("not valid JSON" in str(o) for o in fake.seen_tool_outputs)  # the model was told
+    assert [f.passed for f in v.findings if f.source == "model"] == [True]
 
 
 class SlowToolCaller(ToolCallingFake):
