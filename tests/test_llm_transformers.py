@@ -114,6 +114,33 @@ def test_vlm_text_only_prompt_and_cached_instance(vlm, tiny_vlm_dir):
     assert reply.response_metadata["images"] == 0 and reply.response_metadata["image_tokens"] == 0
 
 
+def test_two_callers_during_a_slow_load_share_one_model(tiny_vlm_dir, monkeypatch):
+    import threading
+    import time
+
+    import transformers
+
+    from agent.llm import vlm as vlm_module
+
+    real = transformers.AutoModelForImageTextToText.from_pretrained
+    loads = []
+
+    def slow_load(*args, **kwargs):
+        loads.append(1)
+        time.sleep(0.5)  # a 7B model on a GPU takes minutes; the second caller arrives meanwhile
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", slow_load)
+    key = (str(tiny_vlm_dir), "none", "float32")  # not the fixture's key: a fresh cache entry
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(vlm_module.load_vlm(*key))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1 and got[0][1] is got[1][1]
+
+
 def test_vlm_refuses_remote_image_urls(vlm):
     with pytest.raises(MessageFormatError, match="not a data URL"):
         vlm.invoke([HumanMessage(content=[{"type": "image_url", "image_url": {"url": "http://x/y.png"}}])])

@@ -36,6 +36,7 @@ from .robust import repetition_cut
 # weights are shared by every chat model built on them. llama.cpp contexts are not
 # thread-safe, so each carries a lock.
 _LOCKS: dict[int, threading.Lock] = {}
+_LOAD_LOCK = threading.Lock()
 
 
 def _available_cpus() -> int:
@@ -78,8 +79,15 @@ def default_threads(cpus: int | None = None, load: float | None = None, host_cpu
     return max(1, min(MAX_DEFAULT_THREADS, cpus, round(idle)))
 
 
-@lru_cache(maxsize=4)
 def load_llama(model_path: str, n_ctx: int, n_threads: int | None, seed: int) -> Any:
+    """The model, loaded once per process; a caller arriving during a load waits for it (the
+    lock covers the cache lookup) instead of loading a second copy."""
+    with _LOAD_LOCK:
+        return _load_llama(model_path, n_ctx, n_threads, seed)
+
+
+@lru_cache(maxsize=4)
+def _load_llama(model_path: str, n_ctx: int, n_threads: int | None, seed: int) -> Any:
     try:
         from llama_cpp import Llama
     except ImportError as exc:  # pragma: no cover - depends on the install

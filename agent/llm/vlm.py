@@ -23,6 +23,7 @@ from .errors import LLMError, LLMTimeoutError
 from .messages import to_vlm_conversation
 
 _LOAD_LOCK = threading.Lock()
+_GENERATE_LOCKS: dict[int, threading.Lock] = {}
 
 
 def resolve_dtype(dtype: str, on_gpu: bool) -> Any:
@@ -40,26 +41,37 @@ def resolve_dtype(dtype: str, on_gpu: bool) -> Any:
     return value
 
 
-@lru_cache(maxsize=2)
 def load_vlm(model: str, device_map: str, dtype: str) -> tuple[Any, Any]:
-    """Load (processor, model) once per process for a given id/dir, placement and dtype."""
+    """Load (processor, model) once per process for a given id/dir, placement and dtype.
+
+    The lock covers the cache lookup too: a second caller that arrives while the first is still
+    loading (say, after the first call timed out during a slow load) waits and gets the same
+    model instead of loading a second copy onto the GPU."""
+    with _LOAD_LOCK:
+        return _load_vlm(model, device_map, dtype)
+
+
+@lru_cache(maxsize=2)
+def _load_vlm(model: str, device_map: str, dtype: str) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     on_gpu = torch.cuda.is_available()
-    with _LOAD_LOCK:
-        try:
-            processor = AutoProcessor.from_pretrained(model)
-            kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype, on_gpu)}
-            if device_map and device_map != "none":
-                kwargs["device_map"] = device_map
-            vlm = AutoModelForImageTextToText.from_pretrained(model, **kwargs)
-        except (OSError, ValueError, KeyError) as exc:
-            raise LLMError(
-                f"could not load transformers image-text-to-text model {model!r}: {exc}. "
-                "Pass a local directory or a hub id that is reachable from this machine."
-            ) from exc
+    try:
+        processor = AutoProcessor.from_pretrained(model)
+        kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype, on_gpu)}
+        if device_map and device_map != "none":
+            kwargs["device_map"] = device_map
+        vlm = AutoModelForImageTextToText.from_pretrained(model, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise LLMError(
+            f"could not load transformers image-text-to-text model {model!r}: {exc}. "
+            "Pass a local directory or a hub id that is reachable from this machine."
+        ) from exc
     vlm.eval()
+    # one generation at a time per model: generate() keeps per-call state on the model (Qwen2-VL's
+    # rope deltas), and a call that timed out may still be decoding when the next one starts
+    _GENERATE_LOCKS[id(vlm)] = threading.Lock()
     return processor, vlm
 
 
@@ -120,8 +132,8 @@ class TransformersVLMChatModel(BaseChatModel):
             generate_kwargs["max_time"] = timeout_s  # generate() stops itself when over budget
         if stop:
             generate_kwargs.update(stop_strings=stop, tokenizer=processor.tokenizer)
-        torch.manual_seed(self.seed)
-        with torch.inference_mode():
+        with _GENERATE_LOCKS.setdefault(id(vlm), threading.Lock()), torch.inference_mode():
+            torch.manual_seed(self.seed)
             output = vlm.generate(**inputs, **generate_kwargs)
         new_tokens = output[0, prompt_len:]
         text = processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
