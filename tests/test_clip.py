@@ -114,6 +114,28 @@ def test_bad_weight_sources_give_clear_errors(tmp_path):
         load_clip("ViT-Q-99", random_init=True, device="cpu")
 
 
+def test_openai_weights_get_the_quick_gelu_they_were_trained_with(monkeypatch):
+    import open_clip
+
+    import detectors.clip.loading as loading
+
+    assert loading._needs_quick_gelu("ViT-L-14-336", "openai")  # AdaCLIP's default
+    assert not loading._needs_quick_gelu("ViT-L-14-336-quickgelu", "openai")  # its config has it
+    assert not loading._needs_quick_gelu("ViT-B-16-plus-240", "laion400m_e32")  # WinCLIP's: plain GELU
+    assert not loading._needs_quick_gelu("ViT-L-14-336", None)
+    seen = {}
+
+    def capture(name, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(loading, "resolve_pretrained", lambda *a, **k: "/weights/from/the/hub/cache.bin")
+    monkeypatch.setattr(open_clip, "create_model", capture)
+    with pytest.raises(RuntimeError, match="captured"):
+        load_clip("ViT-L-14-336", "openai", device="cpu")
+    assert seen["force_quick_gelu"] is True
+
+
 def test_local_checkpoint_and_injected_model_load_the_same_weights(clip, tmp_path):
     path = tmp_path / "tiny.pt"
     torch.save(clip.model.state_dict(), path)

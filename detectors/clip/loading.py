@@ -342,6 +342,20 @@ def _preprocess_stats(model: torch.nn.Module, model_name: str, pretrained: Optio
     return tuple(mean or OPENAI_MEAN), tuple(std or OPENAI_STD)
 
 
+def _needs_quick_gelu(model_name: str, tag: Optional[str]) -> bool:
+    """Whether a pretrained tag's weights were trained with QuickGELU that the config lacks."""
+    import open_clip
+
+    if not tag:
+        return False
+    try:
+        wants = bool(open_clip.get_pretrained_cfg(model_name, tag).get("quick_gelu", False))
+        has = bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu", False))
+    except Exception:  # an unknown tag: open_clip reports it when it loads
+        return False
+    return wants and not has
+
+
 def load_clip(
     model_name: str = "ViT-B-16-plus-240",
     pretrained: Optional[str] = None,
@@ -421,6 +435,10 @@ def load_clip(
             model_name,
             pretrained=weights_file,
             load_weights=weights_file is not None,
+            # weights trained with QuickGELU (OpenAI's) under a config without it would load without
+            # complaint and give quietly worse features; open_clip only warns when it resolves the
+            # tag itself, and here the tag was resolved to a file above
+            force_quick_gelu=_needs_quick_gelu(model_name, pretrained if checkpoint is None else None),
             precision=_precision_name(dtype),
             device=chosen_device,
             force_image_size=image_size,
