@@ -78,9 +78,41 @@ def _widen_pipe(fd: int) -> None:
         pass
 
 
+#: workers' empty working folders are named after the host process: logicode-<pid>-<random>
+WORKDIR_PREFIX = "logicode-"
+
+
+def _sweep_stale_workdirs() -> None:
+    """Remove the empty working folders of host processes that are gone. A host that exits
+    normally removes its own; one that ends without running its exit handlers (killed, or a
+    multiprocessing child, which leaves with os._exit) cannot."""
+    root = tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(WORKDIR_PREFIX):
+            continue
+        pid = name[len(WORKDIR_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its host is alive (or the pid is reused): leave it
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue  # alive under another user
+        try:
+            os.rmdir(os.path.join(root, name))  # only ever an empty folder
+        except OSError:
+            pass
+
+
 class _Worker:
     def __init__(self) -> None:
-        self.workdir = tempfile.mkdtemp(prefix="logicode-")
+        self.workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-")
         try:
             os.chmod(self.workdir, 0o555)  # empty and read-only; programs run inside it
             # The worker's stderr (its start-up errors; program processes write to /dev/null)
@@ -219,6 +251,7 @@ class _Pool:
         self.lock = threading.Lock()
         self.closed = False
         self.missing = 0  # slots whose worker could not be (re)started; tried again when needed
+        _sweep_stale_workdirs()
         for _ in range(size):
             try:
                 self._add()

@@ -329,6 +329,22 @@ def test_a_worker_that_cannot_start_is_an_error_result_and_the_pool_recovers(mon
     assert run_program("def check():\n    return 'again'\n").value == "again"
 
 
+def test_working_folders_of_hosts_that_died_are_swept(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = tmp_path / f"logicode-{dead.stdout.strip()}-abc"
+    alive = tmp_path / f"logicode-{os.getppid()}-def"
+    foreign = tmp_path / "logicode-notapid"
+    for folder in (gone, alive, foreign):
+        folder.mkdir()
+    sandbox.runner._sweep_stale_workdirs()
+    assert not gone.exists() and alive.exists() and foreign.exists()
+
+
 def test_stuck_worker_is_killed_by_the_host(monkeypatch):
     """Workers that stop answering (here: their whole process group is SIGSTOPped) are
     killed by the host at timeout + grace and replaced; then calls succeed again."""
