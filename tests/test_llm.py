@@ -284,6 +284,12 @@ def test_llamacpp_tool_loop_with_automatic_choice_and_tool_results():
     history += [AIMessage(content="", tool_calls=[call]), ToolMessage(content="3", tool_call_id="call_1")]
     second = bound.invoke(history)
     assert second.tool_calls or (isinstance(second.content, str) and second.content.strip())
+    # the agentic loop's last request goes to the unbound model, with the tool history: there the
+    # model answers in words (with tools bound, the grammar only lets it name a tool or stop)
+    from agent.agentic import FINAL_ANSWER_REQUEST
+
+    final = chat.invoke(history + [HumanMessage(FINAL_ANSWER_REQUEST)])
+    assert not final.tool_calls and isinstance(final.content, str) and final.content.strip()
 
 
 @pytest.mark.slow
