@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -85,12 +84,6 @@ NO_SERVER_PATHS = ("Here, files on the server cannot be named: upload the image 
                    "with the form above, or paste rules as text.")
 
 
-def _names_a_rules_file(rules: Any) -> bool:
-    """Whether :func:`prompts.load_rules` would read ``rules`` as a file path."""
-    return isinstance(rules, os.PathLike) or (
-        isinstance(rules, str) and "\n" not in rules.strip() and rules.strip().lower().endswith((".yaml", ".yml", ".json")))
-
-
 class ChatSession:
     """One user's conversation with the agent."""
 
@@ -135,8 +128,9 @@ class ChatSession:
     def set_rules(self, rules: Any, *, category: Optional[str] = None) -> None:
         """Replace the rules (raises :class:`prompts.RulesError` with a clear message)."""
         from prompts import RulesError, load_rules
+        from prompts.rules import names_a_rules_file
 
-        if not self.allow_server_paths and _names_a_rules_file(rules):
+        if not self.allow_server_paths and names_a_rules_file(rules):
             # load_rules would open it: a web user must not read the server's files this way
             raise RulesError(NO_SERVER_PATHS)
         self.rules = load_rules(rules, category=category or self.category)
@@ -229,7 +223,9 @@ class ChatSession:
         m = re.match(r"^(?:set\s+)?rules?\s*[:=]\s*(.+)$", text, re.I | re.S)
         if m:
             body = m.group(1).strip()
-            if not self.allow_server_paths and _names_a_rules_file(body):
+            from prompts.rules import names_a_rules_file
+
+            if not self.allow_server_paths and names_a_rules_file(body):
                 return ChatReply(NO_SERVER_PATHS, intent="rules")
             self.set_rules(body)
             return ChatReply(f"Rules replaced ({len(self.rules.rules)}):\n{self.rules.numbered()}\n"

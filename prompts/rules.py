@@ -216,6 +216,13 @@ def builtin_categories() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def names_a_rules_file(rules: Any) -> bool:
+    """Whether :func:`load_rules` reads ``rules`` as a file path (a path, or one line ending in
+    .yaml/.yml/.json) rather than as rule text."""
+    return isinstance(rules, os.PathLike) or (
+        isinstance(rules, str) and "\n" not in rules and rules.lower().endswith((".yaml", ".yml", ".json")))
+
+
 def load_rules(
     rules: RulesInput = None, *, category: str | None = None, class_context: str | None = None
 ) -> NormalityRules:
@@ -230,9 +237,7 @@ def load_rules(
         out = NormalityRules.for_category(category)
     elif isinstance(rules, NormalityRules):
         out = rules
-    elif isinstance(rules, os.PathLike) or (
-        isinstance(rules, str) and "\n" not in rules and rules.lower().endswith((".yaml", ".yml", ".json"))
-    ):
+    elif names_a_rules_file(rules):
         out = NormalityRules.from_file(rules)
     elif isinstance(rules, str):
         if not rules.strip():

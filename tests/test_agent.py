@@ -156,17 +156,22 @@ def test_helper_that_does_not_exist_is_repaired_away(screw_bag, tmp_path):
     assert v.findings and all(f.source != "logicode" for f in v.findings)
 
 
+def _pinned_agent(tmp_path, model, source: str):
+    """An agent whose rules are checked by ``source``, pinned as the user's own program."""
+    program = tmp_path / "pinned.py"
+    program.write_text(source)
+    return Agent(AgentConfig(cache_dir=tmp_path, pinned_program=program), chat_model=model, model_id="x"), program
+
+
 def test_pinned_program_is_used(screw_bag, tmp_path):
     gen, refs = screw_bag
-    program = tmp_path / "mine.py"
-    program.write_text(
+    model = CountingModel()
+    agent, program = _pinned_agent(tmp_path, model, (
         "import logicode as lc\n\n"
         "def check(scene, references):\n"
         "    n = lc.count(scene)\n"
         "    return [lc.finding('r1', n <= 100, n, '<= 100', 'objects in view')]\n"
-    )
-    model = CountingModel()
-    agent = Agent(AgentConfig(cache_dir=tmp_path, pinned_program=program), chat_model=model, model_id="x")
+    ))
     v = agent.run(gen.sample(55).image, rules=["At most 100 objects."], references=refs)
     assert model.calls == 0
     assert v.program.origin == "pinned" and v.program.path == str(program)
@@ -175,14 +180,12 @@ def test_pinned_program_is_used(screw_bag, tmp_path):
 
 def test_odd_evidence_from_a_program_never_crashes_run(screw_bag, tmp_path):
     gen, refs = screw_bag
-    program = tmp_path / "odd.py"
-    program.write_text(
+    agent, _ = _pinned_agent(tmp_path, CountingModel(), (
         "def check(scene, references):\n"
         "    n = len(scene['components'])\n"
         "    return [{'rule_id': 'r1', 'passed': True, 'observed': n, 'evidence': n + 1},\n"
         "            {'rule_id': 'r2', 'passed': True, 'evidence': [[0, 0, float('inf'), 5], [1, 2, 3, 4], 'x']}]\n"
-    )
-    agent = Agent(AgentConfig(cache_dir=tmp_path, pinned_program=program), chat_model=CountingModel(), model_id="x")
+    ))
     v = agent.run(gen.sample(56).image, rules=["Rule one.", "Rule two."], references=refs)
     found = {f.rule_id: f for f in v.findings if f.source == "logicode"}
     assert found["r1"].evidence == [] and [r.bbox for r in found["r2"].evidence] == [(1, 2, 3, 4)]

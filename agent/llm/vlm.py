@@ -69,9 +69,6 @@ def _load_vlm(model: str, device_map: str, dtype: str) -> tuple[Any, Any]:
             "Pass a local directory or a hub id that is reachable from this machine."
         ) from exc
     vlm.eval()
-    # one generation at a time per model: generate() keeps per-call state on the model (Qwen2-VL's
-    # rope deltas), and a call that timed out may still be decoding when the next one starts
-    _GENERATE_LOCKS[id(vlm)] = threading.Lock()
     return processor, vlm
 
 
@@ -132,6 +129,8 @@ class TransformersVLMChatModel(BaseChatModel):
             generate_kwargs["max_time"] = timeout_s  # generate() stops itself when over budget
         if stop:
             generate_kwargs.update(stop_strings=stop, tokenizer=processor.tokenizer)
+        # one generation at a time per model: generate() keeps per-call state on the model (Qwen2-VL's
+        # rope deltas), and a call that timed out may still be decoding when the next one starts
         with _GENERATE_LOCKS.setdefault(id(vlm), threading.Lock()), torch.inference_mode():
             torch.manual_seed(self.seed)
             output = vlm.generate(**inputs, **generate_kwargs)
