@@ -5,22 +5,32 @@
 (``device_map="auto"``), in bfloat16 on a GPU and float32 on CPU. Images travel as images:
 LangChain image blocks become ``{"type": "image"}`` entries of the processor's chat
 template, and the decoded PIL images go to the processor beside the text.
+
+Tool calling (``bind_tools``) goes through the prompt (``toolcalls``): the tools are described
+in the system turn, and ``<tool_call>`` blocks are read back from the generated text, so any
+model whose training covered that format (Qwen2.5/3-VL, Hermes-style fine-tunes) can drive the
+agentic loop.
 """
 
 from __future__ import annotations
 
 import threading
 from functools import lru_cache
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
 
 from .errors import LLMError, LLMTimeoutError
 from .messages import to_vlm_conversation
+from .toolcalls import as_text_conversation, forced_tool, parse_tool_calls, with_tools
 
 _LOAD_LOCK = threading.Lock()
 _GENERATE_LOCKS: dict[int, threading.Lock] = {}
@@ -72,6 +82,14 @@ def _load_vlm(model: str, device_map: str, dtype: str) -> tuple[Any, Any]:
     return processor, vlm
 
 
+def render_prompt(processor: Any, messages: list[BaseMessage], tools: list[dict] | None = None,
+                  tool_choice: Any = None) -> tuple[str, list]:
+    """The chat-template text a model reads for ``messages`` (with ``tools`` offered), and its images."""
+    messages = with_tools(messages, tools, tool_choice) if tools else as_text_conversation(messages)
+    conversation, images = to_vlm_conversation(messages)
+    return processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False), images
+
+
 class TransformersVLMChatModel(BaseChatModel):
     """Chat model on a transformers VLM; images in the messages are given to the model as pixels."""
 
@@ -95,6 +113,19 @@ class TransformersVLMChatModel(BaseChatModel):
     def loaded(self) -> tuple[Any, Any]:
         return load_vlm(self.model_name, self.device_map, self.dtype)
 
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: str | dict | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        formatted = [convert_to_openai_tool(tool) for tool in tools]
+        if not formatted:
+            raise LLMError("bind_tools needs at least one tool")
+        forced_tool(tool_choice, [t["function"]["name"] for t in formatted])  # a clear error now, not at invoke
+        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -105,13 +136,14 @@ class TransformersVLMChatModel(BaseChatModel):
         import torch
 
         timeout_s = kwargs.pop("timeout_s", self.timeout_s)  # a caller's deadline, for this call only
+        tools = kwargs.pop("tools", None)
+        tool_choice = kwargs.pop("tool_choice", None)
         if kwargs:
             raise LLMError(f"unsupported generation options for the transformers backend: {sorted(kwargs)}")
         processor, vlm = self.loaded()
-        conversation, images = to_vlm_conversation(messages)
         if getattr(processor, "chat_template", None) is None:
             raise LLMError(f"the processor of {self.model_name!r} has no chat template")
-        prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        prompt, images = render_prompt(processor, messages, tools, tool_choice)
         inputs = processor(text=[prompt], images=images or None, return_tensors="pt")
         inputs = inputs.to(vlm.device)
         if "pixel_values" in inputs and vlm.dtype != torch.float32:
@@ -143,8 +175,11 @@ class TransformersVLMChatModel(BaseChatModel):
             raise LLMTimeoutError(
                 f"transformers model {self.model_name!r} did not finish within {timeout_s:g} s"
             )
+        calls, invalid = [], []
+        if tools and forced_tool(tool_choice, [t["function"]["name"] for t in tools]) != "none":
+            text, calls, invalid = parse_tool_calls(text, [t["function"]["name"] for t in tools])
         ai = AIMessage(
-            content=text.strip(),
+            content=text.strip(), tool_calls=calls, invalid_tool_calls=invalid,
             usage_metadata={"input_tokens": int(prompt_len), "output_tokens": int(len(new_tokens)),
                             "total_tokens": int(prompt_len + len(new_tokens))},
             response_metadata={"model_name": self.model_name, "images": len(images), "image_tokens": image_tokens},
