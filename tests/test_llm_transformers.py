@@ -297,3 +297,14 @@ def test_bind_tools_refuses_an_unknown_tool_choice(vlm):
         vlm.bind_tools([_count_parts_tool()], tool_choice="measure")
     with pytest.raises(LLMError, match="at least one tool"):
         vlm.bind_tools([])
+
+
+@pytest.mark.slow
+def test_sampling_options_per_call(vlm):
+    """The agent samples its repair rounds (temperature, seed per call), as with llama.cpp."""
+    messages = [HumanMessage("Is the query normal?")]
+    sampled = {vlm.invoke(messages, temperature=1.5, seed=s).content for s in range(6)}
+    assert len(sampled) > 1  # sampling, not greedy
+    assert vlm.invoke(messages, temperature=1.5, seed=3).content == vlm.invoke(messages, temperature=1.5, seed=3).content
+    with pytest.raises(LLMError, match="unsupported generation options"):
+        vlm.invoke(messages, top_k=3)

@@ -138,6 +138,9 @@ class TransformersVLMChatModel(BaseChatModel):
         timeout_s = kwargs.pop("timeout_s", self.timeout_s)  # a caller's deadline, for this call only
         tools = kwargs.pop("tools", None)
         tool_choice = kwargs.pop("tool_choice", None)
+        # per-call sampling, as the llama.cpp backend offers: the agent samples its repair rounds
+        temperature = float(kwargs.pop("temperature", self.temperature))
+        seed = int(kwargs.pop("seed", self.seed))
         if kwargs:
             raise LLMError(f"unsupported generation options for the transformers backend: {sorted(kwargs)}")
         processor, vlm = self.loaded()
@@ -153,8 +156,8 @@ class TransformersVLMChatModel(BaseChatModel):
         # How many prompt positions carry image features: proof that pixels reached the model.
         image_tokens = int((inputs["input_ids"] == image_token_id).sum()) if image_token_id is not None else None
         generate_kwargs: dict[str, Any] = {"max_new_tokens": self.max_tokens}
-        if self.temperature > 0:
-            generate_kwargs.update(do_sample=True, temperature=self.temperature)
+        if temperature > 0:
+            generate_kwargs.update(do_sample=True, temperature=temperature)
         else:
             generate_kwargs.update(do_sample=False)
         if timeout_s is not None:
@@ -164,7 +167,7 @@ class TransformersVLMChatModel(BaseChatModel):
         # one generation at a time per model: generate() keeps per-call state on the model (Qwen2-VL's
         # rope deltas), and a call that timed out may still be decoding when the next one starts
         with _GENERATE_LOCKS.setdefault(id(vlm), threading.Lock()), torch.inference_mode():
-            torch.manual_seed(self.seed)
+            torch.manual_seed(seed)
             output = vlm.generate(**inputs, **generate_kwargs)
         new_tokens = output[0, prompt_len:]
         text = processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
