@@ -15,8 +15,8 @@ agentic loop.
 from __future__ import annotations
 
 import threading
-from functools import lru_cache
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
