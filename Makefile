@@ -40,8 +40,11 @@ $(VENV)/.stamp-torch: $(VENV)/.stamp-venv
 # built without AMX (AVX-512 and the rest of -march=native stay), once per machine, into a wheel
 # folder of its own: pip's wheel cache, keyed by the sdist alone, could hold an AMX build.
 LLAMA_WHEELS ?= $(HOME)/.cache/logiscan/wheels/llama-cpp-no-amx
+# AMX is x86-64 only: elsewhere (aarch64) these flags would not compile, and nothing is to be turned off.
+ifeq ($(shell uname -m),x86_64)
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
+endif
 
 # The pin is read from pyproject's `llm` extra: one place to change it.
 LLAMA_PIN = $(PY) -c "import re, tomllib; pin = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['llm'][0]; print(re.sub(r'\[.*\]', '', pin))"
