@@ -26,12 +26,12 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
 
 from .errors import LLMError, LLMTimeoutError
 from .messages import to_text_only_dicts
 from .robust import repetition_cut
+from .toolcalls import forced_tool, openai_tools, tool_names
 
 # One Llama per (file, context, threads): loading is the expensive part and the
 # weights are shared by every chat model built on them. llama.cpp contexts are not
@@ -137,25 +137,15 @@ def _load_llama(model_path: str, n_ctx: int, n_threads: int | None, seed: int) -
 
 
 def _tool_choice_payload(tool_choice: Any, tools: list[dict]) -> Any:
-    # LangChain's "no tool_choice" means the model may call tools; the chatml handler reads
-    # None as "never", so it is mapped to "auto".
-    if tool_choice in (None, "auto"):
+    """The chatml handler's tool_choice. LangChain's "no tool_choice" means the model may call
+    tools; the handler reads None as "never", so it is "auto" here. The handler cannot force
+    "some tool among several", so that lets the model choose."""
+    forced = forced_tool(tool_choice, tool_names(tools))
+    if forced in (None, "any"):
         return "auto"
-    if tool_choice == "none":
+    if forced == "none":
         return "none"
-    if tool_choice in ("any", "required", True):
-        if len(tools) != 1:
-            # The chatml handler cannot force "some tool among several"; let it choose.
-            return "auto"
-        tool_choice = tools[0]["function"]["name"]
-    if isinstance(tool_choice, str):
-        names = [t["function"]["name"] for t in tools]
-        if tool_choice not in names:
-            raise LLMError(f"tool_choice {tool_choice!r} is not among the bound tools {names}")
-        return {"type": "function", "function": {"name": tool_choice}}
-    if isinstance(tool_choice, dict):
-        return tool_choice
-    raise LLMError(f"unsupported tool_choice {tool_choice!r}")
+    return {"type": "function", "function": {"name": forced}}
 
 
 def _for_function_calling(payload: list[dict]) -> list[dict]:
@@ -356,8 +346,4 @@ class LlamaCppChatModel(BaseChatModel):
         tool_choice: str | dict | bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
-        formatted = [convert_to_openai_tool(tool) for tool in tools]
-        if not formatted:
-            raise LLMError("bind_tools needs at least one tool")
-        _tool_choice_payload(tool_choice, formatted)  # validate early, with a clear message
-        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+        return self.bind(tools=openai_tools(tools, tool_choice), tool_choice=tool_choice, **kwargs)

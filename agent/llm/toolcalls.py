@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.messages.tool import InvalidToolCall, ToolCall, invalid_tool_call, tool_call
+from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from .errors import LLMError
 from .messages import content_text
@@ -28,6 +29,21 @@ from .messages import content_text
 #: a block may be left unterminated when generation stopped right after the JSON
 _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|\Z)", re.S)
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
+
+
+def tool_names(tools: Sequence[dict]) -> list[str]:
+    """The names of OpenAI tool dicts."""
+    return [t["function"]["name"] for t in tools]
+
+
+def openai_tools(tools: Sequence[Any], tool_choice: Any = None) -> list[dict]:
+    """What ``bind_tools`` binds: the tools as OpenAI tool dicts, with ``tool_choice`` checked
+    against them, so that a wrong choice is a clear error at bind time rather than at invoke."""
+    formatted = [convert_to_openai_tool(tool) for tool in tools]
+    if not formatted:
+        raise LLMError("bind_tools needs at least one tool")
+    forced_tool(tool_choice, tool_names(formatted))
+    return formatted
 
 
 def forced_tool(tool_choice: Any, names: Sequence[str]) -> str | None:
@@ -51,8 +67,7 @@ def forced_tool(tool_choice: Any, names: Sequence[str]) -> str | None:
 
 def tools_instruction(tools: Sequence[dict], tool_choice: Any = None) -> str:
     """The system text that offers ``tools`` (OpenAI tool dicts) to the model."""
-    names = [t["function"]["name"] for t in tools]
-    forced = forced_tool(tool_choice, names)
+    forced = forced_tool(tool_choice, tool_names(tools))
     lines = ["You may call functions to help with the user's request. The functions, as JSON schemas:",
              "<tools>"]
     lines += [json.dumps(t["function"], ensure_ascii=False) for t in tools]

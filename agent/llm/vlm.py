@@ -25,12 +25,11 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
 
 from .errors import LLMError, LLMTimeoutError
 from .messages import to_vlm_conversation
-from .toolcalls import as_text_conversation, forced_tool, parse_tool_calls, with_tools
+from .toolcalls import as_text_conversation, forced_tool, openai_tools, parse_tool_calls, tool_names, with_tools
 
 _LOAD_LOCK = threading.Lock()
 _GENERATE_LOCKS: dict[int, threading.Lock] = {}
@@ -120,11 +119,7 @@ class TransformersVLMChatModel(BaseChatModel):
         tool_choice: str | dict | bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
-        formatted = [convert_to_openai_tool(tool) for tool in tools]
-        if not formatted:
-            raise LLMError("bind_tools needs at least one tool")
-        forced_tool(tool_choice, [t["function"]["name"] for t in formatted])  # a clear error now, not at invoke
-        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+        return self.bind(tools=openai_tools(tools, tool_choice), tool_choice=tool_choice, **kwargs)
 
     def _generate(
         self,
@@ -179,8 +174,8 @@ class TransformersVLMChatModel(BaseChatModel):
                 f"transformers model {self.model_name!r} did not finish within {timeout_s:g} s"
             )
         calls, invalid = [], []
-        if tools and forced_tool(tool_choice, [t["function"]["name"] for t in tools]) != "none":
-            text, calls, invalid = parse_tool_calls(text, [t["function"]["name"] for t in tools])
+        if tools and forced_tool(tool_choice, tool_names(tools)) != "none":
+            text, calls, invalid = parse_tool_calls(text, tool_names(tools))
         ai = AIMessage(
             content=text.strip(), tool_calls=calls, invalid_tool_calls=invalid,
             usage_metadata={"input_tokens": int(prompt_len), "output_tokens": int(len(new_tokens)),
