@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from detectors.images import ImageInput, load_image
+from detectors.images import ImageInput, load_image, slight_variants
 from prompts.rules import NormalityRules, RulesInput, load_rules
 
 from .config import AgentConfig
@@ -302,6 +302,7 @@ class Agent:
                     validation_scenes=(
                         [s.model_dump(mode="json") for s in ctx.parser.reference_scenes] if ctx.zero_shot else None
                     ),
+                    variant_scenes=None if ctx.zero_shot else self._variant_scenes(ctx),
                 )
             except Exception as exc:  # e.g. the model cannot be loaded
                 log.warning("LogiCode generation failed: %s", exc)
@@ -331,6 +332,13 @@ class Agent:
                 f"({reasons[:400]}); "
                 f"the detectors (structural, layout, composition) cover them.{budget}"
             )
+
+    @staticmethod
+    def _variant_scenes(ctx: Context) -> list[tuple[int, dict]]:
+        """Parses of slightly altered copies of each reference, where checks must pass too
+        (only while a program is generated: a few parses per reference)."""
+        return [(i, ctx.parser.parse(variant).model_dump(mode="json"))
+                for i, image in enumerate(ctx.reference_images) for variant in slight_variants(image)]
 
     def _run_sandboxed(self, source: str, entrypoint: str, args: dict):
         from sandbox import run_program

@@ -8,7 +8,10 @@ prefix (context, parts, helper API) is evaluated once by the model's prompt cach
 Validation is strict: the function must pass the sandbox's static check, run on every
 normal reference, and PASS on every one of them, each judged against the OTHER references
 (leave-one-out; a check that compares with the references passes trivially on one of them).
-A check that flags a normal reference is wrong by construction.
+A check that flags a normal reference is wrong by construction. It must also pass on slightly
+altered copies of the references (4 % brighter or darker, shifted by a few pixels, resampled):
+four references rarely show how far the parse wanders on normal images, and these copies show
+some of it at no cost. A check whose verdict moves with them measures noise.
 
 Its measurement often is not. A small model reads "exactly two screws" and checks
 ``count == 2`` on a part that the parse sees as three pieces on every normal image; the
@@ -60,6 +63,9 @@ REPEATED_ANSWER = "The repair repeated an answer that was already rejected; no f
 BUDGET_SPENT = "The rule set's generation time budget was spent: no more repairs."
 #: notes about why repairs stopped, not validation problems: never the reason a rule has no check
 _STOP_NOTES = (REPEATED_ANSWER, BUDGET_SPENT)
+#: what a generated check must pass (part of the cache key: a stricter validation regenerates)
+#: 2: also slightly altered copies of the references (``LogiCodeGenerator._unstable``)
+VALIDATION_VERSION = 2
 #: calibration needs a leave-one-out range of at least two references for each reference
 MIN_CALIBRATION_REFERENCES = 3
 SYSTEM_PROMPT = (
@@ -271,6 +277,7 @@ def program_key(rules: NormalityRules, refset_hash: str, api_version: str, model
             "api": api_version,
             "model": model_id,
             "template": LOGICODE_TEMPLATE_VERSION,
+            "validation": VALIDATION_VERSION,
             "parts": hashlib.sha256(parts_table.encode()).hexdigest(),
         },
         sort_keys=True,
@@ -368,12 +375,16 @@ class LogiCodeGenerator:
         key: str,
         model_id: str,
         validation_scenes: Optional[Sequence[dict]] = None,
+        variant_scenes: Optional[Sequence[tuple[int, dict]]] = None,
     ) -> LogiCodeProgram:
         """Write a function per rule. Each is validated on ``validation_scenes`` (by default
-        the references, where it must pass; in zero-shot mode the query, where it need only run)."""
+        the references, where it must pass; in zero-shot mode the query, where it need only run).
+        ``variant_scenes``: ``(reference index, scene)`` of slightly altered copies of the
+        references (``detectors.images.slight_variants``), where a check must pass too."""
         start = time.perf_counter()
         require_pass = validation_scenes is None
         scenes = list(reference_scenes if validation_scenes is None else validation_scenes)
+        variants = [{"reference": int(i), "scene": v} for i, v in (variant_scenes or [])] if require_pass else []
         # Round by round over the rules, not rule by rule: every rule gets its first attempt (most
         # validated checks come from it), and repairs share what the budget leaves.
         drafts = [_RuleDraft(rules, rule, parts_table, self.api_reference) for rule in rules.rules]
@@ -394,7 +405,8 @@ class LogiCodeGenerator:
                         continue
                 began = time.perf_counter()
                 self._attempt(draft, attempt, scenes=scenes, references=list(reference_scenes),
-                              require_pass=require_pass, deadline_s=left if attempt > 0 else None)
+                              require_pass=require_pass, deadline_s=left if attempt > 0 else None,
+                              variants=variants)
                 draft.result.seconds += time.perf_counter() - began
         functions = [draft.result for draft in drafts]
         parts = [(f.rule_id, f.function_name, f.source) for f in functions if f.ok]
@@ -428,7 +440,7 @@ class LogiCodeGenerator:
 
     # -- one rule ---------------------------------------------------------------------
     def _attempt(self, draft: "_RuleDraft", attempt: int, *, scenes: list[dict], references: list[dict],
-                 require_pass: bool, deadline_s: Optional[float] = None) -> None:
+                 require_pass: bool, deadline_s: Optional[float] = None, variants: Sequence[dict] = ()) -> None:
         """One model call for one rule: its first answer, or a repair of its last rejected one.
         ``deadline_s``: what is left of the generation budget, the call's time limit."""
         from langchain_core.messages import AIMessage, HumanMessage
@@ -459,7 +471,7 @@ class LogiCodeGenerator:
             return
         draft.rejected.add(key)
         source, problem, observations, calibrated = self._validate(
-            answer, result.function_name, rule, scenes, references, require_pass)
+            answer, result.function_name, rule, scenes, references, require_pass, variants)
         if problem is None:
             result.source, result.calibrated = source, calibrated
             draft.done = True
@@ -476,7 +488,7 @@ class LogiCodeGenerator:
 
     def _validate(
         self, answer: str, fname: str, rule: Rule, scenes: list[dict], references: list[dict],
-        require_pass: bool,
+        require_pass: bool, variants: Sequence[dict] = (),
     ) -> tuple[Optional[str], Optional[str], str, bool]:
         """Returns ``(clean source, problem or None, observations for the repair prompt, whether
         the source is the calibrated form of the model's check)``."""
@@ -536,13 +548,44 @@ class LogiCodeGenerator:
                     return None, problem, "\n".join(observations), False
                 calibrated, why_not = self._calibrate(source, fname, rule, references)
                 if calibrated is not None:
-                    return calibrated, None, "\n".join(observations), True
+                    why_not = self._unstable(calibrated, fname, references, variants)
+                    if why_not is None:
+                        return calibrated, None, "\n".join(observations), True
                 problem += " " + why_not
             return None, problem, "\n".join(observations), False
         if any(isinstance(v, dict) and v.get("rule_id") not in (None, rule.id) for v in values):
             values_ids = sorted({str(v.get("rule_id")) for v in values})
             return None, f"lc.finding must be given the rule id {rule.id!r}, not {values_ids}.", "", False
+        unstable = self._unstable(source, fname, references, variants) if require_pass else None
+        if unstable is not None:
+            return None, unstable, "\n".join(observations), False
         return source, None, "\n".join(observations), False
+
+    def _unstable(self, source: str, fname: str, references: list[dict], variants: Sequence[dict]) -> Optional[str]:
+        """Why ``source`` is not stable on slightly altered copies of the references (each judged
+        like its original: against the other references), or None when it passes on all of them.
+
+        On the real juice bottle, a check of the fill level passed on its 4 references and then
+        failed or crashed on 7 of 16 other normal bottles; on copies of its references 4 % darker
+        it crashed already. Checks like it flagged normal images with full confidence and cut the
+        agent's AUROC below the detectors' alone."""
+        if not variants:
+            return None
+        res = self.run(_variants_driver(source, fname), "check_variants",
+                       {"variants": list(variants), "references": references})
+        if not res.ok:
+            return (f"It passes on the normal references but fails on slightly altered copies of them "
+                    f"(brighter, darker, shifted or resampled): {res.error_kind}: {res.error}.")
+        values = res.value if isinstance(res.value, list) else []
+        bad = sorted({int(v["reference"]) + 1 for v, out in zip(variants, values)
+                      if not (isinstance(out, dict) and out.get("passed") is True)})
+        if len(values) == len(variants) and not bad:
+            return None
+        seen = ", ".join(_describe_value(out.get("observed") if isinstance(out, dict) else out) for out in values[:8])
+        return (f"It passes on the normal references but reports the rule as violated on slightly altered copies "
+                f"of reference(s) {bad or 'all'} (4 % brighter or darker, shifted by a few pixels, resampled), "
+                f"which show the same product: what it measures is not stable (observed on the copies: {seen}). "
+                "Measure something that small changes of the image do not move.")
 
     def _calibrate(self, source: str, fname: str, rule: Rule, references: list[dict]) -> tuple[Optional[str], str]:
         """The calibrated form of ``source`` when every reference passes it against the other
@@ -569,6 +612,21 @@ def _left_out_driver(source: str, fname: str) -> str:
         PRELUDE + source + "\n\n"
         "def check_left_out(references):\n"
         f"    return [{fname}(references[i], references[:i] + references[i + 1:]) for i in range(len(references))]\n"
+    )
+
+
+def _variants_driver(source: str, fname: str) -> str:
+    """A program that runs ``fname`` on each altered copy of a reference, judged like the
+    reference itself: against the other references (all of them when there is only one)."""
+    return (
+        PRELUDE + source + "\n\n"
+        "def check_variants(variants, references):\n"
+        "    out = []\n"
+        "    for v in variants:\n"
+        "        i = v['reference']\n"
+        "        others = references[:i] + references[i + 1:] if len(references) > 1 else references\n"
+        f"        out.append({fname}(v['scene'], others))\n"
+        "    return out\n"
     )
 
 

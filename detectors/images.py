@@ -164,3 +164,18 @@ def _open(fp: object, name: str) -> Image.Image:
 def to_array(src: ImageInput, **kwargs: object) -> np.ndarray:
     """:func:`load_image`, as an ``(H, W, 3)`` uint8 array."""
     return np.asarray(load_image(src, **kwargs))  # type: ignore[arg-type]
+
+
+def slight_variants(src: ImageInput) -> list[Image.Image]:
+    """Copies of an image that a person would call the same photograph: 4 % brighter, 4 %
+    darker, shifted by 0.3 % of its long side (edges repeated), and resampled through 90 % of
+    its size. A measurement whose verdict changes on these measures noise, not the product;
+    the agent rejects LogiCode checks that misfire on them (``agent.logicode``)."""
+    img = load_image(src)
+    arr = np.asarray(img).astype(np.float32)
+    shift = max(1, round(0.003 * max(img.size)))
+    shifted = np.pad(arr, ((shift, 0), (shift, 0), (0, 0)), mode="edge")[: arr.shape[0], : arr.shape[1]]
+    small = img.resize((max(1, img.width * 9 // 10), max(1, img.height * 9 // 10)), Image.Resampling.BILINEAR)
+    resampled = np.asarray(small.resize(img.size, Image.Resampling.BILINEAR)).astype(np.float32)
+    return [Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+            for a in (arr * 1.04, arr * 0.96, shifted, resampled)]

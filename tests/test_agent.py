@@ -65,6 +65,28 @@ def agent(tmp_path_factory):
 TRAY_RULES = ["Two orange parts lie on the left.", "One brown part lies on the right."]
 
 
+def test_checks_are_also_validated_on_altered_copies_of_the_references(tmp_path, monkeypatch):
+    # the generator gets the parses of 4 slightly altered copies of each reference (see
+    # tests/test_logicode.py for what it does with them); a steady count check passes them
+    from agent.logicode import LogiCodeGenerator
+    from tests.test_layout import tray
+
+    seen = {}
+    original = LogiCodeGenerator.generate
+
+    def spy(self, *args, **kwargs):
+        seen["variants"] = kwargs.get("variant_scenes")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogiCodeGenerator, "generate", spy)
+    agent = Agent(AgentConfig(cache_dir=tmp_path), chat_model=CountingModel(), model_id="counting-fake")
+    ctx = agent.prepare(rules=TRAY_RULES, references=[tray(s) for s in range(3)])
+    variants = seen["variants"]
+    assert [i for i, _ in variants] == [0] * 4 + [1] * 4 + [2] * 4
+    assert all(scene["image_size"] == [200, 160] and scene["parts"] for _, scene in variants)
+    assert ctx.program.checked_rule_ids == ["r1", "r2"]
+
+
 def test_run_returns_a_grounded_verdict(agent):
     # A product whose parse is steady, so a count check can pass every normal reference judged
     # against the other references (the synthetic screw bag's counts wander at this scale).

@@ -172,6 +172,55 @@ def test_a_check_against_the_references_is_judged_on_each_reference_against_the_
     assert "violated on normal reference image(s) [3] (each judged against the other references)" in r2.problems[0]
 
 
+def test_a_check_that_misfires_on_slightly_altered_copies_of_the_references_is_repaired():
+    # The parse of a copy 4 % darker sees one pin as two pieces: a check whose verdict depends
+    # on that measures noise. Both the plain and the calibrated form must pass on the copies.
+    variants = [(0, _scene(3)), (1, _scene(4)), (2, _scene(3))]
+    fragile = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")  # calibrated (3, 3, 3): fails on the copy
+    model = ScriptedModel({"r1": [GOOD_R1, fragile, "```python\ndef check_r1(scene, references):\n"
+                                  "    n = lc.count(scene, 'p1')\n    return lc.finding('r1', 3 <= n <= 4, n, 3)\n```"],
+                           "r2": [GOOD_R2]})
+    program = _generator(model).generate(RULES, parts_table=PARTS, reference_scenes=REFS, key="k", model_id="fake",
+                                         variant_scenes=variants)
+    r1, r2 = program.functions
+    assert r2.ok and r2.attempts == 1  # the pin length does not move on the copies
+    assert r1.ok and r1.attempts == 3 and not r1.calibrated
+    assert "slightly altered copies of reference(s) [2]" in r1.problems[0]
+    assert "observed on the copies: 3, 4, 3" in r1.problems[0]
+    assert "slightly altered copies of reference(s) [2]" in r1.problems[1]  # calibrated, still unstable
+    assert "slightly altered copies" in model.requests[2][-1].content  # the repair says so
+
+
+def test_a_check_that_crashes_on_an_altered_copy_is_rejected():
+    # a part that vanishes on a copy 4 % darker: the check's index error is brittleness too
+    crashing = ("```python\ndef check_r1(scene, references):\n    first = lc.lengths(scene, 'p1')[0]\n"
+                "    return lc.finding('r1', first > 0, first, None)\n```")
+    model = ScriptedModel({"r1": [crashing], "r2": [GOOD_R2]})
+    program = _generator(model, rounds=0).generate(RULES, parts_table=PARTS, reference_scenes=REFS, key="k",
+                                                   model_id="fake", variant_scenes=[(1, _scene(0))])
+    r1 = program.functions[0]
+    assert not r1.ok and "fails on slightly altered copies" in r1.problems[0] and "IndexError" in r1.problems[0]
+    # without the copies, the same answer is accepted
+    model = ScriptedModel({"r1": [crashing], "r2": [GOOD_R2]})
+    assert _generate(model, rounds=0).functions[0].ok
+
+
+def test_slight_variants_are_the_same_photograph():
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    from detectors.images import slight_variants
+
+    # a photograph is smooth at the scale of a pixel: blurred noise, not white noise
+    rng = np.random.default_rng(0)
+    image = np.clip(ndi.gaussian_filter(rng.random((60, 90, 3)) * 255, (4, 4, 0)) * 3 - 250, 20, 230).astype(np.uint8)
+    variants = slight_variants(image)
+    assert len(variants) == 4 and all(v.size == (90, 60) and v.mode == "RGB" for v in variants)
+    arrays = [np.asarray(v).astype(float) for v in variants]
+    assert all(0 < np.abs(a - image).mean() < 20 for a in arrays)  # changed, a little
+    assert arrays[0].mean() > image.mean() > arrays[1].mean()  # brighter, darker
+
+
 def test_forbidden_and_broken_code_is_rejected_then_given_up():
     hostile = "```python\nimport os\ndef check_r1(scene, references):\n    return os.listdir('/')\n```"
     broken = "```python\ndef check_r1(scene, references)\n    return 1\n```"
@@ -299,7 +348,7 @@ def test_clean_function_renames_and_drops_top_level_calls():
         clean_function("x = 1", "check_r1")
 
 
-def test_program_cache_on_disk_and_key_sensitivity(tmp_path):
+def test_program_cache_on_disk_and_key_sensitivity(tmp_path, monkeypatch):
     program = _generate(ScriptedModel([GOOD_R1, GOOD_R2]))
     cache = ProgramCache(tmp_path)
     path = cache.put(program)
@@ -315,6 +364,11 @@ def test_program_cache_on_disk_and_key_sensitivity(tmp_path):
     assert base != program_key(RULES, "refs1", "1", "m2", PARTS)
     other_rules = load_rules(["There are exactly four pins."], category="pins")
     assert base != program_key(other_rules, "refs1", "1", "m", PARTS)
+    # a stricter validation writes new programs: those cached under the old one are not reused
+    import agent.logicode
+
+    monkeypatch.setattr(agent.logicode, "VALIDATION_VERSION", agent.logicode.VALIDATION_VERSION + 1)
+    assert base != program_key(RULES, "refs1", "1", "m", PARTS)
 
 
 def test_corrupt_cache_entry_is_ignored(tmp_path):
