@@ -39,6 +39,10 @@ MAX_CONTEXTS = 8
 #: its logic checks back once the model works, and a batch over thousands of images does not
 #: wait for a failing model on every image
 PROGRAM_RETRY_S = 300.0
+#: what an advisory finding adds to its explanation (see ``agent.logicode``: it passed the
+#: references, not their slightly altered copies)
+ADVISORY_NOTE = ("an advisory check: it misfired on slightly altered copies of the normal references, "
+                 "so it names the rule but does not decide the verdict")
 
 
 def image_digest(image) -> str:
@@ -332,6 +336,9 @@ class Agent:
                 f"({reasons[:400]}); "
                 f"the detectors (structural, layout, composition) cover them.{budget}"
             )
+            if program.advisory_rule_ids:
+                ctx.logic_note += (f" Rule(s) {', '.join(program.advisory_rule_ids)} keep their unstable check as "
+                                   "advisory: it names the rule in an anomalous verdict, never decides one.")
 
     @staticmethod
     def _variant_scenes(ctx: Context) -> list[tuple[int, dict]]:
@@ -397,22 +404,25 @@ class Agent:
             findings, logic_note = self._logic_findings(ctx, scene)
         timings["logic"] = time.perf_counter() - t0
 
+        advisory = [f for f in findings if f.source == "advisory"]
+        findings = [f for f in findings if f.source != "advisory"]
         structural = structural_result.score if structural_result is not None else None
         layout = layout_result.score if layout_result is not None else None
         score, components = fuse(findings, structural=structural, composition=composition, layout=layout,
                                  config=self.config.fusion)
         threshold = self.config.fusion.threshold
         is_anomalous = score >= threshold
+        # an advisory check names its rule when the verdict is anomalous; it never makes it so
+        linked = [f for f in advisory if not f.passed and f.observed is not None] if is_anomalous else []
         composition_notes = self._composition_notes(ctx, scene) if composition is not None else []
         peak = LayoutPeak.locate(layout_result.peak_xy, scene, ctx.parser.reference_scenes) \
             if layout_result is not None and layout_result.peak_xy else None
         layout_note = peak.sentence(scene) if peak is not None else None
-        linked = []
         if (is_anomalous and self.config.link_evidence_to_rules and ctx.program is not None
                 and ctx.program.rule_parts):
-            linked = linked_rule_findings(
+            linked += linked_rule_findings(
                 ctx.rules, ctx.program.rule_parts, scene=scene,
-                judged={f.rule_id for f in findings if f.source in RULE_SOURCES},
+                judged={f.rule_id for f in findings + linked if f.source in RULE_SOURCES + ("advisory",)},
                 deviations=ctx.parser.composition_report(scene) if composition is not None
                 and composition >= threshold else [],
                 layout_peak=peak if layout is not None and layout >= threshold else None,
@@ -448,7 +458,8 @@ class Agent:
 
     def _logic_findings(self, ctx: Context, scene) -> tuple[list[Finding], str]:
         note = ctx.logic_note
-        if ctx.program is None or not (ctx.program.checked_rule_ids or ctx.program.origin == "pinned"):
+        if ctx.program is None or not (ctx.program.checked_rule_ids or ctx.program.advisory_rule_ids
+                                       or ctx.program.origin == "pinned"):
             return [], note or "Logic check unavailable: no rule could be turned into a validated program."
         res = self._run_sandboxed(
             ctx.program.source, "check",
@@ -462,6 +473,10 @@ class Agent:
             if not isinstance(item, dict) or str(item.get("rule_id")) not in rules_by_id:
                 continue
             rule = rules_by_id[str(item["rule_id"])]
+            advisory = item.get("advisory") is True
+            explanation = str(item.get("explanation") or "")[:300]
+            if advisory:
+                explanation = "; ".join(x for x in (explanation, ADVISORY_NOTE) if x)
             findings.append(
                 Finding(
                     rule_id=rule.id,
@@ -469,11 +484,11 @@ class Agent:
                     passed=item.get("passed") is True,
                     expected=item.get("expected"),
                     observed=item.get("observed"),
-                    explanation=str(item.get("explanation") or "")[:300],
+                    explanation=explanation,
                     # A check that crashed on this image says something is off, not what.
-                    confidence=0.5 if item.get("error") else 1.0,
+                    confidence=0.5 if item.get("error") or advisory else 1.0,
                     evidence=_regions(item.get("evidence")),
-                    source="logicode",
+                    source="advisory" if advisory else "logicode",
                 )
             )
         return findings, note

@@ -65,7 +65,8 @@ BUDGET_SPENT = "The rule set's generation time budget was spent: no more repairs
 _STOP_NOTES = (REPEATED_ANSWER, BUDGET_SPENT)
 #: what a generated check must pass (part of the cache key: a stricter validation regenerates)
 #: 2: also slightly altered copies of the references (``LogiCodeGenerator._unstable``)
-VALIDATION_VERSION = 2
+#: 3: a check that passes the references but not their copies is kept as advisory
+VALIDATION_VERSION = 3
 #: calibration needs a leave-one-out range of at least two references for each reference
 MIN_CALIBRATION_REFERENCES = 3
 SYSTEM_PROMPT = (
@@ -117,10 +118,16 @@ class RuleFunction(BaseModel):
         description="the model's check flagged normal references, so its measured value is judged against the "
                     "references' values instead of its own verdict (lc.calibrated)",
     )
+    advisory: bool = Field(
+        default=False,
+        description="the check passed the references but misfired on slightly altered copies of them: it runs, "
+                    "and may name its rule in an anomalous verdict, but never decides one",
+    )
 
     @property
     def ok(self) -> bool:
-        return self.source is not None
+        """A validated check (an advisory one is not)."""
+        return self.source is not None and not self.advisory
 
 
 class LogiCodeProgram(BaseModel):
@@ -172,19 +179,27 @@ class LogiCodeProgram(BaseModel):
     def checked_rule_ids(self) -> list[str]:
         return [f.rule_id for f in self.functions if f.ok]
 
+    @property
+    def advisory_rule_ids(self) -> list[str]:
+        return [f.rule_id for f in self.functions if f.advisory and f.source is not None]
 
-def assemble(functions: Sequence[tuple[str, str, str]]) -> str:
+
+def assemble(functions: Sequence[tuple[str, str, str]], advisory: Sequence[tuple[str, str, str]] = ()) -> str:
     """One program from ``(rule_id, function_name, source)`` parts, with a ``check`` entry point
-    that isolates each rule: a rule whose check raises yields a failed finding, not a lost verdict."""
+    that isolates each rule: a rule whose check raises yields a failed finding, not a lost verdict.
+    ``advisory`` checks (not stable on altered copies of the references) run after them, and their
+    findings are marked ``advisory``."""
     body = [PRELUDE]
-    for _, _, src in functions:
+    for _, _, src in list(functions) + list(advisory):
         body.append(src.strip() + "\n")
     table = ", ".join(f"({rid!r}, {fname})" for rid, fname, _ in functions)
+    advisory_table = ", ".join(f"({rid!r}, {fname})" for rid, fname, _ in advisory)
     body.append(
-        f"RULE_CHECKS = [{table}]\n\n"
+        f"RULE_CHECKS = [{table}]\n"
+        + (f"ADVISORY_CHECKS = [{advisory_table}]\n" if advisory else "") + "\n"
         "def check(scene, references):\n"
         "    findings = []\n"
-        "    for rule_id, rule_check in RULE_CHECKS:\n"
+        "    for rule_id, rule_check in RULE_CHECKS" + (" + ADVISORY_CHECKS" if advisory else "") + ":\n"
         "        try:\n"
         "            result = rule_check(scene, references)\n"
         "        except Exception as error:\n"
@@ -194,6 +209,8 @@ def assemble(functions: Sequence[tuple[str, str, str]]) -> str:
         "            result = lc.finding(rule_id, False, None, None, 'the check returned no finding')\n"
         "            result['error'] = True\n"
         "        result['rule_id'] = rule_id\n"
+        + ("        if (rule_id, rule_check) in ADVISORY_CHECKS:\n"
+           "            result['advisory'] = True\n" if advisory else "") +
         "        findings.append(result)\n"
         "    return findings\n"
     )
@@ -408,8 +425,13 @@ class LogiCodeGenerator:
                               require_pass=require_pass, deadline_s=left if attempt > 0 else None,
                               variants=variants)
                 draft.result.seconds += time.perf_counter() - began
+        for draft in drafts:
+            if not draft.result.ok and draft.advisory is not None:
+                draft.result.source, draft.result.calibrated = draft.advisory
+                draft.result.advisory = True
         functions = [draft.result for draft in drafts]
         parts = [(f.rule_id, f.function_name, f.source) for f in functions if f.ok]
+        advisory = [(f.rule_id, f.function_name, f.source) for f in functions if f.advisory]
         rule_parts = self.ground(rules, parts_table=parts_table,
                                  part_ids=_part_ids(list(reference_scenes) + list(validation_scenes or []))) \
             if self.ground_rules else None
@@ -418,7 +440,7 @@ class LogiCodeGenerator:
             category=rules.category,
             model_id=model_id,
             functions=functions,
-            source=assemble(parts),
+            source=assemble(parts, advisory),
             generation_seconds=time.perf_counter() - start,
             rule_parts=rule_parts,
         )
@@ -476,6 +498,8 @@ class LogiCodeGenerator:
             result.source, result.calibrated = source, calibrated
             draft.done = True
             return
+        if source is not None:  # runs and passes the references, but is not stable: kept as advisory
+            draft.advisory = (source, calibrated)
         result.problems.append(problem)
         log.info("rule %s attempt %d rejected: %s", rule.id, attempt + 1, problem)
         log.debug("rejected answer for rule %s:\n%s", rule.id, answer)
@@ -491,7 +515,8 @@ class LogiCodeGenerator:
         require_pass: bool, variants: Sequence[dict] = (),
     ) -> tuple[Optional[str], Optional[str], str, bool]:
         """Returns ``(clean source, problem or None, observations for the repair prompt, whether
-        the source is the calibrated form of the model's check)``."""
+        the source is the calibrated form of the model's check)``. A source with a problem passed
+        the references but not their altered copies: it may serve as an advisory check."""
         from agent.llm import extract_code
 
         code = extract_code(answer)
@@ -548,9 +573,10 @@ class LogiCodeGenerator:
                     return None, problem, "\n".join(observations), False
                 calibrated, why_not = self._calibrate(source, fname, rule, references)
                 if calibrated is not None:
-                    why_not = self._unstable(calibrated, fname, references, variants)
-                    if why_not is None:
+                    unstable = self._unstable(calibrated, fname, references, variants)
+                    if unstable is None:
                         return calibrated, None, "\n".join(observations), True
+                    return calibrated, problem + " " + unstable, "\n".join(observations), True
                 problem += " " + why_not
             return None, problem, "\n".join(observations), False
         if any(isinstance(v, dict) and v.get("rule_id") not in (None, rule.id) for v in values):
@@ -558,7 +584,7 @@ class LogiCodeGenerator:
             return None, f"lc.finding must be given the rule id {rule.id!r}, not {values_ids}.", "", False
         unstable = self._unstable(source, fname, references, variants) if require_pass else None
         if unstable is not None:
-            return None, unstable, "\n".join(observations), False
+            return source, unstable, "\n".join(observations), False
         return source, None, "\n".join(observations), False
 
     def _unstable(self, source: str, fname: str, references: list[dict], variants: Sequence[dict]) -> Optional[str]:
@@ -643,6 +669,7 @@ class _RuleDraft:
             HumanMessage(logicode_rule_request(rules, rule, parts_table=parts_table, api_reference=api_reference)),
         ]
         self.rejected: set[str] = set()  # keys of the answers already rejected
+        self.advisory: Optional[tuple[str, bool]] = None  # (source, calibrated) of an unstable check
         self.done = False
 
 

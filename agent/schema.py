@@ -37,7 +37,9 @@ class Finding(BaseModel):
     explanation: str = Field(default="", description="one sentence")
     confidence: float = Field(default=1.0, ge=0.0, le=1.0)
     evidence: list[Region] = Field(default_factory=list)
-    source: Literal["logicode", "composition", "structural", "layout", "model", "unavailable"] = "logicode"
+    #: "advisory": a LogiCode check that passed the references but not slightly altered copies of
+    #: them; it names its rule in an anomalous verdict and never decides one
+    source: Literal["logicode", "composition", "structural", "layout", "model", "unavailable", "advisory"] = "logicode"
 
 
 class ProgramInfo(BaseModel):

@@ -87,6 +87,32 @@ def test_checks_are_also_validated_on_altered_copies_of_the_references(tmp_path,
     assert ctx.program.checked_rule_ids == ["r1", "r2"]
 
 
+def test_an_advisory_check_names_its_rule_in_an_anomalous_verdict_and_decides_nothing(tmp_path, monkeypatch):
+    # copies of the references that lose a part stand in for a parse that wanders: the count
+    # check passes the references, fails the copies, and is kept as advisory
+    import agent.core
+    from agent.core import ADVISORY_NOTE
+    from tests.test_layout import tray
+
+    monkeypatch.setattr(agent.core, "slight_variants", lambda image: [tray(99, skip=0)])
+    inspector = Agent(AgentConfig(cache_dir=tmp_path), chat_model=CountingModel(), model_id="counting-fake")
+    ctx = inspector.prepare(rules=TRAY_RULES, references=[tray(s) for s in range(4)])
+    assert ctx.program.checked_rule_ids == [] and ctx.program.advisory_rule_ids == ["r1", "r2"]
+    assert "keep their unstable check as advisory" in ctx.logic_note
+
+    good = inspector.run_prepared(ctx, tray(50))
+    assert not good.is_anomalous and not good.logic_available
+    assert not [f for f in good.findings if f.source == "advisory"]
+
+    missing = inspector.run_prepared(ctx, tray(51, skip=0))
+    assert missing.is_anomalous  # the detectors decide
+    named = [f for f in missing.findings if f.source == "advisory"]
+    assert named and all(not f.passed and f.confidence == 0.5 for f in named)
+    assert f"Rule {named[0].rule_id} likely violated" in missing.explanation and ADVISORY_NOTE in missing.explanation
+    assert "FAILED" not in missing.explanation
+    assert "logic" not in missing.component_scores  # the score is the detectors' alone
+
+
 def test_run_returns_a_grounded_verdict(agent):
     # A product whose parse is steady, so a count check can pass every normal reference judged
     # against the other references (the synthetic screw bag's counts wander at this scale).

@@ -205,6 +205,24 @@ def test_a_check_that_crashes_on_an_altered_copy_is_rejected():
     assert _generate(model, rounds=0).functions[0].ok
 
 
+def test_an_unstable_check_that_no_repair_fixes_is_kept_as_advisory():
+    # it passes the references but not an altered copy: it runs, marked advisory, and the
+    # program counts it as no validated check
+    model = ScriptedModel({"r1": [GOOD_R1, GOOD_R1.replace("'number of pins'", "'pins'")], "r2": [GOOD_R2]})
+    program = _generator(model, rounds=1).generate(RULES, parts_table=PARTS, reference_scenes=REFS, key="k",
+                                                   model_id="fake", variant_scenes=[(0, _scene(2))])
+    r1, r2 = program.functions
+    assert r1.advisory and not r1.ok and r1.source is not None and r1.attempts == 2
+    assert program.checked_rule_ids == ["r2"] and program.advisory_rule_ids == ["r1"]
+    assert "slightly altered copies" in program.unavailable["r1"]
+    missing = sandbox.run_program(program.source, "check", {"scene": _scene(2), "references": REFS})
+    by_rule = {f["rule_id"]: f for f in missing.value}
+    assert by_rule["r1"]["advisory"] is True and by_rule["r1"]["passed"] is False and by_rule["r1"]["observed"] == 2
+    assert "advisory" not in by_rule["r2"]
+    # a program without advisory checks is assembled as before
+    assert "ADVISORY_CHECKS" not in _generate(ScriptedModel([GOOD_R1, GOOD_R2])).source
+
+
 def test_slight_variants_are_the_same_photograph():
     import numpy as np
     from scipy import ndimage as ndi
