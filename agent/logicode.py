@@ -11,7 +11,9 @@ normal reference, and PASS on every one of them, each judged against the OTHER r
 A check that flags a normal reference is wrong by construction. It must also pass on slightly
 altered copies of the references (4 % brighter or darker, shifted by a few pixels, resampled):
 four references rarely show how far the parse wanders on normal images, and these copies show
-some of it at no cost. A check whose verdict moves with them measures noise.
+some of it at no cost. A check whose verdict moves with them measures noise: if no repair
+fixes it, it is kept as an *advisory* check, which names its rule in an anomalous verdict and
+never decides one.
 
 Its measurement often is not. A small model reads "exactly two screws" and checks
 ``count == 2`` on a part that the parse sees as three pieces on every normal image; the
@@ -592,8 +594,8 @@ class LogiCodeGenerator:
         like its original: against the other references), or None when it passes on all of them.
 
         On the real juice bottle, a check of the fill level passed on its 4 references and then
-        failed or crashed on 7 of 16 other normal bottles; on copies of its references 4 % darker
-        it crashed already. Checks like it flagged normal images with full confidence and cut the
+        failed or crashed on 7 of 16 other normal bottles; on copies of its references 4 % brighter
+        or darker it crashed already. Checks like it flagged normal images with full confidence and cut the
         agent's AUROC below the detectors' alone."""
         if not variants:
             return None

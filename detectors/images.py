@@ -170,7 +170,7 @@ def slight_variants(src: ImageInput) -> list[Image.Image]:
     """Copies of an image that a person would call the same photograph: 4 % brighter, 4 %
     darker, shifted by 0.3 % of its long side (edges repeated), and resampled through 90 % of
     its size. A measurement whose verdict changes on these measures noise, not the product;
-    the agent rejects LogiCode checks that misfire on them (``agent.logicode``)."""
+    the agent does not let LogiCode checks that misfire on them decide a verdict (``agent.logicode``)."""
     img = load_image(src)
     arr = np.asarray(img).astype(np.float32)
     shift = max(1, round(0.003 * max(img.size)))
