@@ -79,7 +79,9 @@ def test_checks_are_also_validated_on_altered_copies_of_the_references(tmp_path,
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(LogiCodeGenerator, "generate", spy)
-    agent = Agent(AgentConfig(cache_dir=tmp_path), chat_model=CountingModel(), model_id="counting-fake")
+    # no structural detector: its fit is most of an agent's preparation, and nothing here needs it
+    config = AgentConfig(cache_dir=tmp_path, perception={"structural": False})
+    agent = Agent(config, chat_model=CountingModel(), model_id="counting-fake")
     ctx = agent.prepare(rules=TRAY_RULES, references=[tray(s) for s in range(3)])
     variants = seen["variants"]
     assert [i for i, _ in variants] == [0] * 4 + [1] * 4 + [2] * 4
@@ -95,7 +97,8 @@ def test_an_advisory_check_names_its_rule_in_an_anomalous_verdict_and_decides_no
     from tests.test_layout import tray
 
     monkeypatch.setattr(agent.core, "slight_variants", lambda image: [tray(99, skip=0)])
-    inspector = Agent(AgentConfig(cache_dir=tmp_path), chat_model=CountingModel(), model_id="counting-fake")
+    config = AgentConfig(cache_dir=tmp_path, perception={"structural": False})  # the layout detector decides
+    inspector = Agent(config, chat_model=CountingModel(), model_id="counting-fake")
     ctx = inspector.prepare(rules=TRAY_RULES, references=[tray(s) for s in range(4)])
     assert ctx.program.checked_rule_ids == [] and ctx.program.advisory_rule_ids == ["r1", "r2"]
     assert "keep their unstable check as advisory" in ctx.logic_note
