@@ -422,7 +422,7 @@ class Agent:
                 and ctx.program.rule_parts):
             linked += linked_rule_findings(
                 ctx.rules, ctx.program.rule_parts, scene=scene,
-                judged={f.rule_id for f in findings + linked if f.source in RULE_SOURCES + ("advisory",)},
+                judged={f.rule_id for f in findings if f.source in RULE_SOURCES} | {f.rule_id for f in linked},
                 deviations=ctx.parser.composition_report(scene) if composition is not None
                 and composition >= threshold else [],
                 layout_peak=peak if layout is not None and layout >= threshold else None,

@@ -183,7 +183,7 @@ class LogiCodeProgram(BaseModel):
 
     @property
     def advisory_rule_ids(self) -> list[str]:
-        return [f.rule_id for f in self.functions if f.advisory and f.source is not None]
+        return [f.rule_id for f in self.functions if f.advisory]
 
 
 def assemble(functions: Sequence[tuple[str, str, str]], advisory: Sequence[tuple[str, str, str]] = ()) -> str:
@@ -536,7 +536,7 @@ class LogiCodeGenerator:
         # the references always passes on a reference judged against itself, so only this tests it.
         leave_one_out = require_pass and len(references) >= 2
         if leave_one_out:
-            res = self.run(_left_out_driver(source, fname), "check_left_out", {"references": references})
+            res = self._run_against_others(source, fname, _own_copies(references), references)
         else:
             driver = (
                 PRELUDE + source + "\n\n"
@@ -584,7 +584,7 @@ class LogiCodeGenerator:
         if any(isinstance(v, dict) and v.get("rule_id") not in (None, rule.id) for v in values):
             values_ids = sorted({str(v.get("rule_id")) for v in values})
             return None, f"lc.finding must be given the rule id {rule.id!r}, not {values_ids}.", "", False
-        unstable = self._unstable(source, fname, references, variants) if require_pass else None
+        unstable = self._unstable(source, fname, references, variants)
         if unstable is not None:
             return source, unstable, "\n".join(observations), False
         return source, None, "\n".join(observations), False
@@ -599,8 +599,7 @@ class LogiCodeGenerator:
         agent's AUROC below the detectors' alone."""
         if not variants:
             return None
-        res = self.run(_variants_driver(source, fname), "check_variants",
-                       {"variants": list(variants), "references": references})
+        res = self._run_against_others(source, fname, variants, references)
         if not res.ok:
             return (f"It passes on the normal references but fails on slightly altered copies of them "
                     f"(brighter, darker, shifted or resampled): {res.error_kind}: {res.error}.")
@@ -615,6 +614,11 @@ class LogiCodeGenerator:
                 f"which show the same product: what it measures is not stable (observed on the copies: {seen}). "
                 "Measure something that small changes of the image do not move.")
 
+    def _run_against_others(self, source: str, fname: str, scenes: Sequence[dict], references: list[dict]):
+        """Run ``fname`` on ``{"reference": i, "scene": ...}`` items, each against the references but the i-th."""
+        return self.run(_against_others_driver(source, fname), "check_against_others",
+                        {"scenes": list(scenes), "references": references})
+
     def _calibrate(self, source: str, fname: str, rule: Rule, references: list[dict]) -> tuple[Optional[str], str]:
         """The calibrated form of ``source`` when every reference passes it against the other
         references (leave-one-out); else ``(None, a sentence saying why not)``."""
@@ -623,7 +627,7 @@ class LogiCodeGenerator:
         if problems:
             return None, "Its measurement could not be judged against the references: " + "; ".join(
                 str(p) for p in problems[:3]) + "."
-        res = self.run(_left_out_driver(calibrated, fname), "check_left_out", {"references": references})
+        res = self._run_against_others(calibrated, fname, _own_copies(references), references)
         if not res.ok:
             return None, f"Its measurement could not be judged against the references ({res.error_kind}): {res.error}."
         values = res.value if isinstance(res.value, list) else []
@@ -634,23 +638,19 @@ class LogiCodeGenerator:
         return calibrated, ""
 
 
-def _left_out_driver(source: str, fname: str) -> str:
-    """A program that runs ``fname`` on each reference, judged against the other references."""
-    return (
-        PRELUDE + source + "\n\n"
-        "def check_left_out(references):\n"
-        f"    return [{fname}(references[i], references[:i] + references[i + 1:]) for i in range(len(references))]\n"
-    )
+def _own_copies(references: list[dict]) -> list[dict]:
+    """The references as scenes to judge, each against the other references (leave-one-out)."""
+    return [{"reference": i, "scene": scene} for i, scene in enumerate(references)]
 
 
-def _variants_driver(source: str, fname: str) -> str:
-    """A program that runs ``fname`` on each altered copy of a reference, judged like the
-    reference itself: against the other references (all of them when there is only one)."""
+def _against_others_driver(source: str, fname: str) -> str:
+    """A program that runs ``fname`` on each scene of a reference (the reference itself, or an
+    altered copy of it), judged against the other references (all of them when there is only one)."""
     return (
         PRELUDE + source + "\n\n"
-        "def check_variants(variants, references):\n"
+        "def check_against_others(scenes, references):\n"
         "    out = []\n"
-        "    for v in variants:\n"
+        "    for v in scenes:\n"
         "        i = v['reference']\n"
         "        others = references[:i] + references[i + 1:] if len(references) > 1 else references\n"
         f"        out.append({fname}(v['scene'], others))\n"
