@@ -8,8 +8,9 @@ No arguments. It renders its own synthetic set with a fixed seed (``SynthGenerat
 - structural_auroc: PatchCore's calibrated score, good vs structural defects (mean over categories);
 - composition_auroc: SceneParser's composition score, good vs logical anomalies (mean over categories);
 - count_accuracy: over good images and ground-truth discrete parts, the fraction where the parse's
-  count equals the generator's; ground-truth part names are mapped to part ids by pixel overlap
-  with ``part_map`` on the references. Each category's line is followed by the count accuracy per
+  count equals the generator's; ground-truth part names are mapped one to one to part ids by
+  pixel overlap (IoU) with ``part_map`` on the references, so a parse part covering several
+  ground-truth parts (a whole bottle as one region) is right for one of them at most. Each category's line is followed by the count accuracy per
   ground-truth part. A part the generator counts but does not paint in ``part_map`` (the pushpin
   box's compartments) is never mapped, so it is never right;
 - seconds_per_image: parse + structural score of one image at full LOCO resolution (good images
@@ -41,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -110,7 +112,7 @@ def _auroc(neg, pos) -> float:
 
 
 def _map_parts(parser: SceneParser, samples) -> dict[str, str]:
-    """Ground-truth part name -> parser part id with the largest IoU over the references."""
+    """Ground-truth part name -> parser part id, one to one, maximising the IoU over the references."""
     inter: dict[tuple[str, str], int] = {}
     gt_area: dict[str, int] = {}
     my_area: dict[str, int] = {}
@@ -126,12 +128,14 @@ def _map_parts(parser: SceneParser, samples) -> dict[str, str]:
                 if gi == 1:
                     my_area[pid] = my_area.get(pid, 0) + int(m.sum())
                 inter[(name, pid)] = inter.get((name, pid), 0) + int((g & m).sum())
+    # one to one (Hungarian on IoU): a parse part that covers several ground-truth parts (a whole
+    # bottle as one region) counts for one of them, not for all
+    names = list(gt_area)
+    iou = np.array([[inter[(n, p)] / max(gt_area[n] + my_area[p] - inter[(n, p)], 1) for p in ids] for n in names])
     mapping = {}
-    for name in gt_area:
-        best = max(ids, key=lambda p: inter[(name, p)] / max(gt_area[name] + my_area[p] - inter[(name, p)], 1),
-                   default=None)
-        if best is not None and inter[(name, best)] > 0:
-            mapping[name] = best
+    if iou.size:
+        rows, cols = linear_sum_assignment(-iou)
+        mapping = {names[r]: ids[c] for r, c in zip(rows, cols) if iou[r, c] > 0}
     return mapping
 
 
