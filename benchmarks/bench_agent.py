@@ -5,7 +5,7 @@ generated into a fresh cache directory, so generation time is measured, not reca
 Prints one line per figure and a final summary line.
 
     python benchmarks/bench_agent.py [--per-kind N] [--categories a,b] [--skip-real] [--cache-dir DIR]
-                                     [--link-evidence]
+                                     [--link-evidence] [--generation-budget SECONDS|none]
 """
 
 from __future__ import annotations
@@ -172,13 +172,19 @@ def main() -> None:
     ap.add_argument("--skip-real", action="store_true")
     ap.add_argument("--link-evidence", action="store_true",
                     help="AgentConfig.link_evidence_to_rules: name rules from detector evidence (off by default)")
+    ap.add_argument("--generation-budget", default=None,
+                    help="AgentConfig.generation_budget_s in seconds, or 'none' for no limit (default: the config's)")
     ap.add_argument("--cache-dir", type=Path, default=None,
                     help="reuse the programs and fits of an earlier run (then generation is recalled, not measured)")
     args = ap.parse_args()
 
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="logiscan-bench-"))
     print(f"cache: {cache}", flush=True)
-    agent = Agent(AgentConfig(cache_dir=cache, link_evidence_to_rules=args.link_evidence))
+    overrides = {}
+    if args.generation_budget is not None:
+        overrides["generation_budget_s"] = (None if args.generation_budget.lower() == "none"
+                                            else float(args.generation_budget))
+    agent = Agent(AgentConfig(cache_dir=cache, link_evidence_to_rules=args.link_evidence, **overrides))
     syn = synthetic(agent, args.categories.split(","), args.per_kind, args.k, args.scale)
     print(f"synthetic: logical_auroc={syn['logical_auroc']:.3f} structural_auroc={syn['structural_auroc']:.3f} "
           f"explained={syn['explained_fraction']:.2f} generation_s_max={syn['generation_seconds_max']:.1f}", flush=True)
