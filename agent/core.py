@@ -41,6 +41,9 @@ MAX_CONTEXTS = 8
 PROGRAM_RETRY_S = 300.0
 #: what an advisory finding adds to its explanation (see ``agent.logicode``: it passed the
 #: references, not their slightly altered copies)
+#: what a verdict without references says about its checks
+ZERO_SHOT_NOTE = ("Zero-shot mode (no normal references): the checks read parts learned from this image alone and "
+                  "could not be validated on a normal image, so a part the parse splits or merges changes their result.")
 ADVISORY_NOTE = ("an advisory check: it misfired on slightly altered copies of the normal references, "
                  "so it names the rule but does not decide the verdict")
 
@@ -331,14 +334,17 @@ class Agent:
             reasons = "; ".join(f"{rid} after {attempts.get(rid, 0)} attempt(s): {why}"
                                 for rid, why in program.unavailable.items())
             budget = " Repairs stopped when the generation time budget was spent." if program.budget_spent else ""
+            cover = ("in zero-shot mode no detector stands in for them (there are no references to fit one on)"
+                     if ctx.zero_shot else "the detectors (structural, layout, composition) cover them")
             ctx.logic_note = (
                 f"Logic check unavailable for rule(s) {', '.join(program.unavailable)} "
-                f"({reasons[:400]}); "
-                f"the detectors (structural, layout, composition) cover them.{budget}"
+                f"({reasons[:400]}); {cover}.{budget}"
             )
             if program.advisory_rule_ids:
                 ctx.logic_note += (f" Rule(s) {', '.join(program.advisory_rule_ids)} keep their unstable check as "
                                    "advisory: it names the rule in an anomalous verdict, never decides one.")
+        if ctx.zero_shot and program.checked_rule_ids:
+            ctx.logic_note = f"{ZERO_SHOT_NOTE} {ctx.logic_note}".strip()
 
     @staticmethod
     def _variant_scenes(ctx: Context) -> list[tuple[int, dict]]:

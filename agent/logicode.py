@@ -406,7 +406,9 @@ class LogiCodeGenerator:
         variants = [{"reference": int(i), "scene": v} for i, v in (variant_scenes or [])] if require_pass else []
         # Round by round over the rules, not rule by rule: every rule gets its first attempt (most
         # validated checks come from it), and repairs share what the budget leaves.
-        drafts = [_RuleDraft(rules, rule, parts_table, self.api_reference) for rule in rules.rules]
+        # without references (zero-shot) the request asks for checks of what the rules state only
+        zero_shot = not require_pass and not reference_scenes
+        drafts = [_RuleDraft(rules, rule, parts_table, self.api_reference, zero_shot) for rule in rules.rules]
         for attempt in range(1 + self.repair_rounds):
             for draft in drafts:
                 if draft.done:
@@ -509,7 +511,8 @@ class LogiCodeGenerator:
         # whole history tends to copy it, and the prompt stays short.
         draft.messages = draft.messages[:2] + [
             AIMessage(answer),
-            HumanMessage(logicode_repair_request(rule, problem=problem, observations=observations)),
+            HumanMessage(logicode_repair_request(rule, problem=problem, observations=observations,
+                                                 zero_shot=draft.zero_shot)),
         ]
 
     def _validate(
@@ -661,14 +664,17 @@ def _against_others_driver(source: str, fname: str) -> str:
 class _RuleDraft:
     """One rule's conversation with the model while its check is being written."""
 
-    def __init__(self, rules: NormalityRules, rule: Rule, parts_table: str, api_reference: str):
+    def __init__(self, rules: NormalityRules, rule: Rule, parts_table: str, api_reference: str,
+                 zero_shot: bool = False):
         from langchain_core.messages import HumanMessage, SystemMessage
 
         self.rule = rule
+        self.zero_shot = zero_shot
         self.result = RuleFunction(rule_id=rule.id, function_name=rule_function_name(rule))
         self.messages: list = [
             SystemMessage(SYSTEM_PROMPT),
-            HumanMessage(logicode_rule_request(rules, rule, parts_table=parts_table, api_reference=api_reference)),
+            HumanMessage(logicode_rule_request(rules, rule, parts_table=parts_table, api_reference=api_reference,
+                                               zero_shot=zero_shot)),
         ]
         self.rejected: set[str] = set()  # keys of the answers already rejected
         self.advisory: Optional[tuple[str, bool]] = None  # (source, calibrated) of an unstable check

@@ -11,7 +11,8 @@ from importlib import resources
 
 from .rules import NormalityRules, Rule, rule_key
 
-LOGICODE_TEMPLATE_VERSION = "v2"
+#: v3: the examples and what the function receives depend on whether normal references exist
+LOGICODE_TEMPLATE_VERSION = "v3"
 GROUNDING_TEMPLATE_VERSION = "v2"
 
 
@@ -34,15 +35,34 @@ def _hint(rule: Rule) -> str:
     return f"(Structured form of the rule, for guidance: {rule.check}.)"
 
 
+#: what the function receives, with and without normal references (zero-shot)
+_REFERENCES_NOTE = {
+    False: ("`references`: a list of such dicts, one per NORMAL reference image.\n"
+            "The parts found in this product (part id: description, measured on the normal references):"),
+    True: ("`references`: an EMPTY list. No normal reference image is given, so nothing can be compared with "
+           "references: lc.within_references, lc.typical and lc.ref_values cannot be used.\n"
+           "The parts found in this image (part id: description, measured on this image alone):"),
+}
+_NUMBERS_NOTE = {
+    False: "If the rule states a number, use it; otherwise compare with the references.",
+    True: "Check only what the rule states (a number, a colour, a position); there are no references to compare with.",
+}
+
+
 def logicode_rule_request(
-    rules: NormalityRules, rule: Rule, *, parts_table: str, api_reference: str
+    rules: NormalityRules, rule: Rule, *, parts_table: str, api_reference: str, zero_shot: bool = False
 ) -> str:
     """The request for one rule. Everything before the rule is shared by all rules of a set,
-    so a local model's prompt cache is reused across the rules."""
+    so a local model's prompt cache is reused across the rules. ``zero_shot``: no normal
+    references exist (the rules alone), so the examples and the task use only what a rule states."""
     fn_id = rule_function_name(rule)[len("check_"):]
+    examples = "zero_shot" if zero_shot else "references"
     return load_template(f"logicode_rule_{LOGICODE_TEMPLATE_VERSION}.md").format(
         category=rules.category,
         class_context=rules.class_context or "(none given)",
+        references_note=_REFERENCES_NOTE[zero_shot],
+        examples=load_template(f"logicode_examples_{examples}_{LOGICODE_TEMPLATE_VERSION}.md"),
+        numbers_note=_NUMBERS_NOTE[zero_shot],
         parts_table=parts_table.strip(),
         api_reference=api_reference.strip(),
         fn_id=fn_id,
@@ -63,10 +83,23 @@ def grounding_request(rules: NormalityRules, *, parts_table: str) -> str:
     )
 
 
-def logicode_repair_request(rule: Rule, *, problem: str, observations: str = "") -> str:
+_REPAIR_GOAL = {
+    False: "It must PASS on every normal reference image, because they are correct by definition.",
+    True: "It must run on this image without error; `references` is an empty list.",
+}
+_REPAIR_ADVICE = {
+    False: ("- If no part shows the number the rule states (look at \"usually N per image\"), the parse splits or "
+            "merges objects differently: compare with the references instead of the stated number, as in check_e2."),
+    True: "- Do not use the helpers that compare with references (lc.within_references, lc.typical, lc.ref_values).",
+}
+
+
+def logicode_repair_request(rule: Rule, *, problem: str, observations: str = "", zero_shot: bool = False) -> str:
     return load_template(f"logicode_repair_{LOGICODE_TEMPLATE_VERSION}.md").format(
         rule_id=rule.id,
         rule_text=rule.text.replace('"', "'"),
         problem=problem.strip(),
         observations=observations.strip(),
+        goal=_REPAIR_GOAL[zero_shot],
+        advice=_REPAIR_ADVICE[zero_shot],
     )

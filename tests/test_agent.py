@@ -116,6 +116,33 @@ def test_an_advisory_check_names_its_rule_in_an_anomalous_verdict_and_decides_no
     assert "logic" not in missing.component_scores  # the score is the detectors' alone
 
 
+STATED_COUNT_CHECK = """```python
+def check_{rid}(scene, references):
+    n = lc.count(scene)
+    return lc.finding("{rid}", n >= 1, n, ">= 1", "objects in view")
+```"""
+
+
+def test_zero_shot_verdicts_say_what_their_checks_rest_on(tmp_path):
+    # without references there is no detector and nothing to validate a check on: the verdict
+    # says so, and a check that needs references is not claimed to be covered by detectors
+    from agent.core import ZERO_SHOT_NOTE
+    from tests.test_layout import tray
+
+    stated = Agent(AgentConfig(cache_dir=tmp_path / "a"), chat_model=CountingModel(answer=STATED_COUNT_CHECK),
+                   model_id="stated-fake")
+    v = stated.run(tray(60), rules=["At least one object lies in the tray."])
+    assert not v.is_anomalous and v.logic_available
+    assert ZERO_SHOT_NOTE in v.logic_note and ZERO_SHOT_NOTE in v.explanation
+    assert set(v.component_scores) == {"logic"}
+
+    relative = Agent(AgentConfig(cache_dir=tmp_path / "b"), chat_model=CountingModel(), model_id="counting-fake")
+    v = relative.run(tray(60), rules=["At least one object lies in the tray."])
+    assert not v.logic_available and "needs at least one reference" in v.logic_note
+    assert "no detector stands in for them" in v.logic_note and "cover them" not in v.logic_note
+    assert ZERO_SHOT_NOTE not in v.logic_note
+
+
 def test_run_returns_a_grounded_verdict(agent):
     # A product whose parse is steady, so a count check can pass every normal reference judged
     # against the other references (the synthetic screw bag's counts wander at this scale).

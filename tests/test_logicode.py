@@ -101,6 +101,48 @@ def test_valid_programs_are_accepted_and_catch_an_anomaly():
     assert [f["passed"] for f in too_long.value] == [True, False]
 
 
+def test_zero_shot_requests_ask_for_what_the_rules_state_and_repairs_say_so():
+    # no references (the rules alone): the checks run on the query's own parse, where they need
+    # only run; the request and its repair must not steer the model to compare with references
+    model = ScriptedModel({"r1": [GOOD_R1], "r2": [GOOD_R2, GOOD_R1.replace("r1", "r2")]})
+    program = _generator(model).generate(RULES, parts_table=PARTS, reference_scenes=[], key="k", model_id="fake",
+                                         validation_scenes=[_scene(3)])
+    first = model.requests[0][1].content
+    assert "`references`: an EMPTY list" in first and "measured on this image alone" in first
+    assert "within_references(observed" not in first  # the examples check stated facts only
+    repair = model.requests[-1][-1].content
+    assert "needs at least one reference" in repair and "run on this image without error" in repair
+    assert "PASS on every normal reference" not in repair
+    assert program.checked_rule_ids == ["r1", "r2"]
+
+    with_refs = ScriptedModel([GOOD_R1, GOOD_R2])
+    _generate(with_refs)
+    request = with_refs.requests[0][1].content
+    assert "one per NORMAL reference image" in request and "within_references(observed" in request
+
+
+@pytest.mark.parametrize("examples", ["references", "zero_shot"])
+def test_the_prompt_examples_run_in_the_sandbox(examples):
+    # a model copies the examples: each must pass the static check and run on a real scene
+    from prompts.logicode import LOGICODE_TEMPLATE_VERSION, load_template
+
+    text = load_template(f"logicode_examples_{examples}_{LOGICODE_TEMPLATE_VERSION}.md")
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 3
+    pen = _scene(1, pin_len=80.0)["components"][0] | {"part": "p1", "bbox": [10, 0, 90, 6]}
+    caps = [c | {"part": "p2", "bbox": [10 + 20 * i, 60, 20 + 20 * i, 70], "color_name": "blue"}
+            for i, c in enumerate(_scene(4)["components"])]
+    scene = {**_scene(0), "components": [pen] + caps,
+             "parts": [{"id": "p1", "count": 1}, {"id": "p2", "count": 4}]}
+    for block in blocks:
+        name = re.search(r"def (check_\w+)", block).group(1)
+        source = "import logicode as lc\n\n" + block
+        assert sandbox.check_source(source) == []
+        res = sandbox.run_program(source, name, {"scene": scene, "references": [scene] if examples == "references" else []})
+        assert res.ok, res.error
+        assert res.value["passed"] is True, (name, res.value)
+
+
 def test_prose_then_code_is_repaired():
     model = ScriptedModel({"r1": ["I think you should count the pins.", GOOD_R1], "r2": [GOOD_R2]})
     program = _generate(model)
