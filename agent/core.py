@@ -39,11 +39,11 @@ MAX_CONTEXTS = 8
 #: its logic checks back once the model works, and a batch over thousands of images does not
 #: wait for a failing model on every image
 PROGRAM_RETRY_S = 300.0
-#: what an advisory finding adds to its explanation (see ``agent.logicode``: it passed the
-#: references, not their slightly altered copies)
 #: what a verdict without references says about its checks
 ZERO_SHOT_NOTE = ("Zero-shot mode (no normal references): the checks read parts learned from this image alone and "
                   "could not be validated on a normal image, so a part the parse splits or merges changes their result.")
+#: what an advisory finding adds to its explanation (see ``agent.logicode``: it passed the
+#: references, not their slightly altered copies)
 ADVISORY_NOTE = ("an advisory check: it misfired on slightly altered copies of the normal references, "
                  "so it names the rule but does not decide the verdict")
 

@@ -35,6 +35,8 @@ def _hint(rule: Rule) -> str:
     return f"(Structured form of the rule, for guidance: {rule.check}.)"
 
 
+# The texts below fill template v3's slots: like the template files, they change only with a
+# new LOGICODE_TEMPLATE_VERSION (it is part of every program's cache key).
 #: what the function receives, with and without normal references (zero-shot)
 _REFERENCES_NOTE = {
     False: ("`references`: a list of such dicts, one per NORMAL reference image.\n"
