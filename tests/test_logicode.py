@@ -124,6 +124,7 @@ def test_zero_shot_requests_ask_for_what_the_rules_state_and_repairs_say_so():
 @pytest.mark.parametrize("examples", ["references", "zero_shot"])
 def test_the_prompt_examples_run_in_the_sandbox(examples):
     # a model copies the examples: each must pass the static check and run on a real scene
+    from agent.logicode import PRELUDE
     from prompts.logicode import LOGICODE_TEMPLATE_VERSION, load_template
 
     text = load_template(f"logicode_examples_{examples}_{LOGICODE_TEMPLATE_VERSION}.md")
@@ -136,7 +137,7 @@ def test_the_prompt_examples_run_in_the_sandbox(examples):
              "parts": [{"id": "p1", "count": 1}, {"id": "p2", "count": 4}]}
     for block in blocks:
         name = re.search(r"def (check_\w+)", block).group(1)
-        source = "import logicode as lc\n\n" + block
+        source = PRELUDE + block  # as the generator wraps an answer
         assert sandbox.check_source(source) == []
         res = sandbox.run_program(source, name, {"scene": scene, "references": [scene] if examples == "references" else []})
         assert res.ok, res.error
