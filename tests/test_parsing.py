@@ -310,3 +310,21 @@ def test_the_parse_does_not_depend_on_pythons_hash_seed():
         assert done.returncode == 0, done.stderr[-2000:]
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     assert runs[0] == runs[1]
+
+
+def test_colour_centres_follow_a_shifted_photograph(monkeypatch):
+    """Two colours 20 units apart, each spread over +-6; the query is shifted by 7 (a darker or
+    bluer photograph). Nearest fitted centre alone gives a quarter of the first colour's pixels
+    to the second; the centres, adapted to the image first, keep every pixel with its colour."""
+    import detectors.parsing.parser as parser_module
+
+    rng = np.random.default_rng(0)
+    parser = SceneParser(backbone=None)
+    parser._centers = np.array([[0.0, 0.0, 0.0], [20.0, 0.0, 0.0]])
+    first = np.c_[rng.uniform(-6, 6, 5000) + 7, np.zeros((5000, 2))]
+    second = np.c_[rng.uniform(14, 26, 5000) + 7, np.zeros((5000, 2))]
+    pixels = np.r_[first, second]
+    labels = parser._assign(pixels)
+    assert (labels[:5000] == 0).all() and (labels[5000:] == 1).all()
+    monkeypatch.setattr(parser_module, "ADAPT_ROUNDS", 0)
+    assert (parser._assign(pixels)[:5000] == 0).mean() < 0.8  # the failure the adaptation removes

@@ -7,7 +7,9 @@ How it works (one algorithm for every category; all parameters come from the ref
 2. Per-pixel features are CIE Lab colour (lightness down-weighted, so shading matters less
    than hue) plus, when a backbone is available, a few PCA components of its stride-8
    features, upsampled. K-means on pixels of the references gives colour/texture clusters;
-   clusters whose centres are close are merged.
+   clusters whose centres are close are merged. Each image's pixels take the nearest centre
+   after the centres have followed that image's colours for a few k-means rounds, anchored
+   halfway to their fitted values (a darker or bluer photograph keeps its parts).
 3. Clusters that cover the image border in the references are background (regions of a
    background colour enclosed by the product get a cluster of their own: dark almonds in a
    tray); the rest is the product, whose bounding box is the frame for relative positions.
@@ -53,13 +55,21 @@ from .composition import CompositionScorer, Deviation
 
 #: 2: the composition scorer's leave-one-out calibration changed; older fits are refitted
 #: 3: fragments next to a larger piece of their part are not counted (typical areas saved)
-FORMAT_VERSION = 3
+#: 4: colour centres adapt to each image (the references' statistics come from that parse)
+FORMAT_VERSION = 4
 #: lightness is noisier than hue under shading and specular highlights
 LIGHTNESS_WEIGHT = 0.4
 #: blur (downscaled pixels) before clustering: shading and texture speckle stay inside a part
 PIXEL_BLUR = 1.0
 #: cluster centres closer than this (weighted Lab units) are one part class
 MERGE_DISTANCE = 15.0
+#: k-means rounds that adapt the fitted colour centres to one image, how far each centre stays
+#: anchored at its fitted value, and the fewest pixels that move a centre. On the synthetic set
+#: (seeds 20240611, 7, 3, 11) 2 rounds raised the composition AUROC from 0.559 to 0.590, with the
+#: count accuracy unchanged (0.338 to 0.337); 1 round read 0.574, 4 rounds 0.596 (slower).
+ADAPT_ROUNDS = 2
+ADAPT_ANCHOR = 0.5
+ADAPT_MIN_PIXELS = 50
 #: a cluster is background if it covers at least this share of the image border
 BORDER_SHARE_BACKGROUND = 0.12
 #: shape-feature scales: differences of about this size are "one unit" apart
@@ -333,10 +343,24 @@ class SceneParser:
         return votes.argmax(0).astype(np.int32)
 
     def _assign(self, feats: np.ndarray) -> np.ndarray:
-        # squared distances via the expansion, cheap for ~100k pixels x ~12 centres
-        c = self._centers
-        d = (feats ** 2).sum(1)[:, None] - 2 * feats @ c.T + (c ** 2).sum(1)[None]
-        return d.argmin(1).astype(np.int32)
+        """Nearest-centre labels after the centres follow this image's colours: a few k-means
+        rounds from the fitted centres, each centre pulled only part of the way (ADAPT_ANCHOR)
+        towards its pixels' mean. A photograph that is a little darker or bluer than the
+        references then keeps its parts' identities, instead of moving pixels on the border of
+        two colours to the other part."""
+        def nearest(c: np.ndarray) -> np.ndarray:
+            # squared distances via the expansion, cheap for ~100k pixels x ~12 centres
+            d = (feats ** 2).sum(1)[:, None] - 2 * feats @ c.T + (c ** 2).sum(1)[None]
+            return d.argmin(1).astype(np.int32)
+
+        centers = self._centers.copy()
+        for _ in range(ADAPT_ROUNDS):
+            labels = nearest(centers)
+            for j in range(len(centers)):
+                mine = labels == j
+                if mine.sum() >= ADAPT_MIN_PIXELS:
+                    centers[j] = ADAPT_ANCHOR * self._centers[j] + (1 - ADAPT_ANCHOR) * feats[mine].mean(0)
+        return nearest(centers)
 
     def _find_carriers(self, labels: Sequence[np.ndarray]) -> set[int]:
         """Foreground colours that cover a large share of the product (the tray, the bag, the
