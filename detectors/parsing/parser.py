@@ -66,7 +66,8 @@ MERGE_DISTANCE = 15.0
 #: k-means rounds that adapt the fitted colour centres to one image, how far each centre stays
 #: anchored at its fitted value, and the fewest pixels that move a centre. On the synthetic set
 #: (seeds 20240611, 7, 3, 11) 2 rounds raised the composition AUROC from 0.559 to 0.590, with the
-#: count accuracy unchanged (0.338 to 0.337); 1 round read 0.574, 4 rounds 0.596 (slower).
+#: count accuracy unchanged (0.338 to 0.337); 1 round read 0.574, 4 rounds 0.596 (slower). The
+#: agent's fused score traded: logical 0.768 both, structural 0.787 to 0.773 (bench_fusion.py).
 ADAPT_ROUNDS = 2
 ADAPT_ANCHOR = 0.5
 ADAPT_MIN_PIXELS = 50
