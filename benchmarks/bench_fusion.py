@@ -28,7 +28,8 @@ from agent.config import FusionConfig  # noqa: E402
 from agent.fusion import detector_evidence  # noqa: E402
 from detectors.data.synth import CATEGORIES, SynthGenerator  # noqa: E402
 
-KINDS = {"good": N_GOOD, "logical": N_LOGICAL, "structural": N_STRUCTURAL}
+#: kind -> (index of its first sample, how many): the same samples as bench_detectors.py
+KINDS = {"good": (SHOTS, N_GOOD), "logical": (0, N_LOGICAL), "structural": (0, N_STRUCTURAL)}
 
 
 def _scores(pipe: Pipeline, images) -> list[list[float]]:
@@ -47,10 +48,9 @@ def collect(seeds: list[int]) -> dict:
         for category in CATEGORIES:
             gen = SynthGenerator(category, seed=seed, scale=SCALE)
             pipe = Pipeline([gen.sample(i, "good").image for i in range(SHOTS)])
-            first = {"good": SHOTS, "logical": 0, "structural": 0}
             out[f"{seed}/{category}"] = {
-                kind: _scores(pipe, (gen.sample(first[kind] + i, kind).image for i in range(n)))
-                for kind, n in KINDS.items()}
+                kind: _scores(pipe, (gen.sample(first + i, kind).image for i in range(n)))
+                for kind, (first, n) in KINDS.items()}
             print(f"  scored seed {seed} {category}", flush=True)
     return out
 
