@@ -12,7 +12,12 @@ from importlib import resources
 from .rules import NormalityRules, Rule, rule_key
 
 #: v3: the examples and what the function receives depend on whether normal references exist
-LOGICODE_TEMPLATE_VERSION = "v3"
+#: v4: what every rule set shares (helper API, examples) comes first, the product and its parts
+#: after it, so a local model reads the shared part once per process, not once per rule set
+LOGICODE_TEMPLATE_VERSION = "v4"
+#: the examples and the repair request, unchanged since the request's v3
+EXAMPLES_TEMPLATE_VERSION = "v3"
+REPAIR_TEMPLATE_VERSION = "v3"
 GROUNDING_TEMPLATE_VERSION = "v2"
 
 
@@ -35,7 +40,7 @@ def _hint(rule: Rule) -> str:
     return f"(Structured form of the rule, for guidance: {rule.check}.)"
 
 
-# The texts below fill template v3's slots: like the template files, they change only with a
+# The texts below fill the request's slots: like the template files, they change only with a
 # new LOGICODE_TEMPLATE_VERSION (it is part of every program's cache key).
 #: what the function receives, with and without normal references (zero-shot)
 _REFERENCES_NOTE = {
@@ -54,8 +59,9 @@ _NUMBERS_NOTE = {
 def logicode_rule_request(
     rules: NormalityRules, rule: Rule, *, parts_table: str, api_reference: str, zero_shot: bool = False
 ) -> str:
-    """The request for one rule. Everything before the rule is shared by all rules of a set,
-    so a local model's prompt cache is reused across the rules. ``zero_shot``: no normal
+    """The request for one rule. Everything before the rule is shared by all rules of a set, and
+    everything before the product (the helper API and the examples) by all rule sets, so a local
+    model's prompt cache is reused across rules and rule sets. ``zero_shot``: no normal
     references exist (the rules alone), so the examples and the task use only what a rule states."""
     fn_id = rule_function_name(rule)[len("check_"):]
     examples = "zero_shot" if zero_shot else "references"
@@ -63,7 +69,7 @@ def logicode_rule_request(
         category=rules.category,
         class_context=rules.class_context or "(none given)",
         references_note=_REFERENCES_NOTE[zero_shot],
-        examples=load_template(f"logicode_examples_{examples}_{LOGICODE_TEMPLATE_VERSION}.md"),
+        examples=load_template(f"logicode_examples_{examples}_{EXAMPLES_TEMPLATE_VERSION}.md"),
         numbers_note=_NUMBERS_NOTE[zero_shot],
         parts_table=parts_table.strip(),
         api_reference=api_reference.strip(),
@@ -97,7 +103,7 @@ _REPAIR_ADVICE = {
 
 
 def logicode_repair_request(rule: Rule, *, problem: str, observations: str = "", zero_shot: bool = False) -> str:
-    return load_template(f"logicode_repair_{LOGICODE_TEMPLATE_VERSION}.md").format(
+    return load_template(f"logicode_repair_{REPAIR_TEMPLATE_VERSION}.md").format(
         rule_id=rule.id,
         rule_text=rule.text.replace('"', "'"),
         problem=problem.strip(),

@@ -4,6 +4,7 @@ The language model is replaced by a scripted callable at the unit edge; the sand
 the static check and the helper module are the real ones.
 """
 
+import os
 import re
 import time
 
@@ -125,9 +126,9 @@ def test_zero_shot_requests_ask_for_what_the_rules_state_and_repairs_say_so():
 def test_the_prompt_examples_run_in_the_sandbox(examples):
     # a model copies the examples: each must pass the static check and run on a real scene
     from agent.logicode import PRELUDE
-    from prompts.logicode import LOGICODE_TEMPLATE_VERSION, load_template
+    from prompts.logicode import EXAMPLES_TEMPLATE_VERSION, load_template
 
-    text = load_template(f"logicode_examples_{examples}_{LOGICODE_TEMPLATE_VERSION}.md")
+    text = load_template(f"logicode_examples_{examples}_{EXAMPLES_TEMPLATE_VERSION}.md")
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert len(blocks) == 3
     pen = _scene(1, pin_len=80.0)["components"][0] | {"part": "p1", "bbox": [10, 0, 90, 6]}
@@ -476,3 +477,21 @@ def test_the_program_records_which_parts_each_rule_is_about():
     program = _generate(ScriptedModel([GOOD_R1, GOOD_R2, RuntimeError("model crashed")]), ground=True)
     assert program.rule_parts == {} and program.checked_rule_ids == ["r1", "r2"]
     assert _generate(ScriptedModel([GOOD_R1, GOOD_R2])).rule_parts is None  # not asked by default
+
+
+@pytest.mark.parametrize("zero_shot", [False, True])
+def test_rule_sets_share_the_start_of_their_requests(zero_shot):
+    # a local model reuses its prompt cache only up to the first differing token: the helper API
+    # and the examples (most of the request) must come before anything of the product or rule
+    from prompts.logicode import logicode_rule_request
+    from sandbox import API_REFERENCE
+
+    other = load_rules(["Exactly two red caps lie on the left."], category="pens", class_context="A pen box.")
+    a = logicode_rule_request(RULES, RULES.rules[0], parts_table=PARTS, api_reference=API_REFERENCE,
+                              zero_shot=zero_shot)
+    b = logicode_rule_request(other, other.rules[0], parts_table="p1: red, round cap", api_reference=API_REFERENCE,
+                              zero_shot=zero_shot)
+    shared = len(os.path.commonprefix([a, b]))
+    assert API_REFERENCE.strip() in a[:shared] and "def check_e3" in a[:shared]
+    assert shared > 0.6 * len(a)
+    assert "pins" not in a[:shared] and PARTS not in a[:shared]
