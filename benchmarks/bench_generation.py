@@ -1,18 +1,22 @@
 """LogiCode generation speed: wall time to write and validate the programs of one rule set.
 
-Uses the CPU default model (llama.cpp Qwen2.5-Coder-1.5B) on the synthetic screw_bag rule
-pack with 4 normal references, as ``agent.prepare`` does on a first run. The fitted
+Uses the CPU default model (llama.cpp Qwen2.5-Coder-1.5B) on a synthetic rule pack (screw_bag
+unless ``--category`` names another) with 4 normal references, as ``agent.prepare`` does on a
+first run. The fitted
 detectors are cached in a benchmark-only directory (fitting is not what is measured);
-the program cache there is emptied first, so every run really generates.
+the program cache there is emptied first, so every run really generates. Saved prompt states
+(``agent.llm.prompt_states``) are used as in any run; ``--cold-prompts`` turns them off, to
+measure a process that reads every prompt in full.
 
 Prints one line per model call, one per rule (seconds, attempts, validated or why not),
 the total, and a final JSON summary line.
 
-    python benchmarks/bench_generation.py
+    python benchmarks/bench_generation.py [--category NAME] [--cold-prompts]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -33,11 +37,15 @@ SCALE = 0.5
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--category", default=CATEGORY)
+    ap.add_argument("--cold-prompts", action="store_true", help="do not use saved prompt states")
+    args = ap.parse_args()
     cache = Path(tempfile.gettempdir()) / "logiscan-bench-generation"
     shutil.rmtree(cache / "programs", ignore_errors=True)
-    agent = Agent(AgentConfig(cache_dir=cache))
+    agent = Agent(AgentConfig(cache_dir=cache, llm={"prompt_states": False} if args.cold_prompts else None))
 
-    gen = SynthGenerator(CATEGORY, seed=SEED, scale=SCALE)
+    gen = SynthGenerator(args.category, seed=SEED, scale=SCALE)
     refs = [gen.sample(i, kind="good").image for i in range(K)]
 
     # Load the model before timing: loading is paid once per process, not per rule set.
@@ -57,7 +65,7 @@ def main() -> int:
 
     agent._chat = timed_chat  # observe every model call the generator makes
 
-    ctx = agent.prepare(category=CATEGORY, references=refs)
+    ctx = agent.prepare(category=args.category, references=refs)
     program = ctx.program
     if program is None:
         print(f"no program: {ctx.logic_note}")
@@ -72,7 +80,8 @@ def main() -> int:
     print(f"total generation: {total:.1f} s for {len(program.functions)} rules, {ok} validated, "
           f"{len(calls)} model calls")
     summary = {
-        "category": CATEGORY,
+        "category": args.category,
+        "prompt_states": not args.cold_prompts,
         "model": program.model_id,
         "threads_available": len(os.sched_getaffinity(0)),
         "load_avg_1m": round(os.getloadavg()[0], 2),

@@ -327,3 +327,74 @@ def test_amx_builds_are_recognised_and_the_installed_one_has_no_amx():
     assert not uses_amx("CPU : AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | REPACK = 1 |")
     pytest.importorskip("llama_cpp")
     assert not uses_amx(), "llama-cpp-python was built with AMX kernels: run `make install`"
+
+
+# -- prompt states: a recurring prompt prefix is read once, across processes ----------------
+
+def _logits_after(llama, tokens, held):
+    import numpy as np
+
+    llama.eval(tokens[held:])
+    return np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),)).copy()
+
+
+@pytest.mark.slow
+def test_prompt_states_save_a_shared_prefix_and_a_new_process_loads_it(smol, tmp_path):
+    import numpy as np
+
+    from agent.llm.prompt_states import PromptStateStore
+
+    llama = smol.llama
+    shared = llama.tokenize(("Helper reference: count(scene, part) returns how many components a part has. " * 12)
+                            .encode(), add_bos=False)
+    first, second, third = (shared + llama.tokenize(q.encode(), add_bos=False)
+                            for q in (" Are there two screws?", " Is the cable red?", " Is a nut missing?"))
+    llama.reset()
+    store = PromptStateStore(tmp_path, "model", min_tokens=64)
+    assert store.prepare(llama, first) == 0 and store.saved == 0  # nothing seen before: read in full
+    _logits_after(llama, first, 0)
+    held = store.prepare(llama, second)  # the second prompt shares the helper reference: saved
+    assert store.saved == 1 and held >= len(shared) - 1
+    assert len(list(tmp_path.glob("model-state-*.state"))) == 1
+
+    # a new process: an empty context, a new store on the same directory
+    llama.reset()
+    later = PromptStateStore(tmp_path, "model", min_tokens=64)
+    held = later.prepare(llama, third)
+    assert held == later.loaded and held >= len(shared) - 1 and later.saved == 0
+    assert llama.input_ids[:held].tolist() == third[:held]
+    warm = _logits_after(llama, third, held)
+    llama.reset()
+    cold = _logits_after(llama, third, 0)
+    # the loaded prefix gives the model the same next-token distribution as reading it
+    assert warm.argmax() == cold.argmax() and np.corrcoef(warm, cold)[0, 1] > 0.999
+    llama.reset()
+
+
+@pytest.mark.slow
+def test_a_broken_prompt_state_is_removed_and_the_prompt_read_in_full(smol, tmp_path, caplog):
+    import numpy as np
+
+    from agent.llm.prompt_states import PromptStateStore
+
+    llama = smol.llama
+    tokens = llama.tokenize(("A long and repeated helper reference. " * 20).encode(), add_bos=False)
+    np.save(tmp_path / "model-state-broken.npy", np.asarray(tokens[:100], np.int32))
+    (tmp_path / "model-state-broken.state").write_bytes(b"not a llama.cpp state")
+    llama.reset()
+    store = PromptStateStore(tmp_path, "model", min_tokens=64)
+    with caplog.at_level("WARNING"):
+        assert store.prepare(llama, tokens) == 0
+    assert "reading the prompt in full" in caplog.text and llama.n_tokens == 0
+    assert not list(tmp_path.glob("model-state-broken*"))
+    reply = smol.invoke([HumanMessage("Name one colour.")])  # the model still answers
+    assert reply.content.strip()
+
+
+def test_prompt_states_are_on_by_default_and_can_be_turned_off(tmp_path, monkeypatch):
+    from agent.llm.config import _prompt_state_dir
+
+    monkeypatch.setenv("LOGISCAN_CACHE", str(tmp_path))
+    assert _prompt_state_dir(LLMConfig()) == str(tmp_path / "prompt-states")
+    assert _prompt_state_dir(LLMConfig(prompt_state_dir=tmp_path / "states")) == str(tmp_path / "states")
+    assert _prompt_state_dir(LLMConfig(prompt_states=False)) is None

@@ -37,6 +37,13 @@ class LLMConfig(BaseModel):
     max_repeated_lines: int = Field(
         default=3, ge=0,
         description="llama.cpp: stop decoding when a line repeats this many times in a row (0: never)")
+    prompt_states: bool = Field(
+        default=True,
+        description="llama.cpp: save prompt prefixes that recur (the LogiCode request's helper API and "
+                    "examples) so that later processes load them instead of reading them again")
+    prompt_state_dir: Path | None = Field(
+        default=None, description="where prompt states are kept; None: $LOGISCAN_CACHE/prompt-states or "
+                                  "~/.cache/logiscan/prompt-states")
     device_map: str = "auto"
     dtype: str = "bfloat16"
 
@@ -121,6 +128,14 @@ def _secret(config: LLMConfig) -> str | None:
     return config.api_key.get_secret_value() if config.api_key else None
 
 
+def _prompt_state_dir(config: LLMConfig) -> str | None:
+    if not config.prompt_states:
+        return None
+    from .prompt_states import default_directory
+
+    return str(Path(config.prompt_state_dir).expanduser() if config.prompt_state_dir else default_directory())
+
+
 def _build(config: LLMConfig) -> BaseChatModel:
     if config.backend == "llamacpp":
         from .llamacpp import LlamaCppChatModel
@@ -133,6 +148,7 @@ def _build(config: LLMConfig) -> BaseChatModel:
             model_path=str(path), model_name=name, n_ctx=config.n_ctx, n_threads=config.n_threads,
             seed=config.seed, temperature=config.temperature, max_tokens=config.max_tokens,
             timeout_s=config.timeout_s, max_repeated_lines=config.max_repeated_lines,
+            prompt_state_dir=_prompt_state_dir(config),
         )
     if config.backend == "transformers":
         from .vlm import TransformersVLMChatModel

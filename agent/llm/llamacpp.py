@@ -38,6 +38,7 @@ from .toolcalls import forced_tool, openai_tools, tool_names
 # thread-safe, so each carries a lock.
 _LOCKS: dict[int, threading.Lock] = {}
 _LOAD_LOCK = threading.Lock()
+_STORES: dict[tuple, Any] = {}  # one prompt state store per directory and model
 log = logging.getLogger(__name__)
 
 
@@ -198,6 +199,24 @@ class _BoundedLlama:
         return getattr(self._llama, name)
 
 
+class _PreparedLlama:
+    """A ``Llama`` that brings a saved prefix of each prompt into its context before reading it
+    (``PromptStateStore``). The chat handler formats the messages and calls ``create_completion``
+    with the prompt's tokens: this is where they are known."""
+
+    def __init__(self, llama: Any, store: Any):
+        self._llama = llama
+        self._store = store
+
+    def create_completion(self, prompt: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            self._store.prepare(self._llama, prompt)
+        return self._llama.create_completion(prompt, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._llama, name)
+
+
 class LlamaCppChatModel(BaseChatModel):
     """Chat model on a local GGUF file through llama.cpp."""
 
@@ -213,6 +232,9 @@ class LlamaCppChatModel(BaseChatModel):
         default=3, ge=0,
         description="decoding stops when a line repeats this many times in a row (a greedy loop); "
                     "the answer keeps one copy and ends with finish_reason 'repetition'; 0 never stops")
+    prompt_state_dir: str | None = Field(
+        default=None, description="keep prompt prefixes that recur across processes here "
+                                  "(agent.llm.prompt_states); None reads every prompt in full")
 
     @property
     def _llm_type(self) -> str:
@@ -226,6 +248,17 @@ class LlamaCppChatModel(BaseChatModel):
     @property
     def llama(self) -> Any:
         return load_llama(self.model_path, self.n_ctx, self.n_threads, self.seed)
+
+    def _prompt_states(self) -> Any:
+        if not self.prompt_state_dir:
+            return None
+        from .prompt_states import PromptStateStore, model_key
+
+        key = (self.prompt_state_dir, self.model_path, self.n_ctx)
+        with _LOAD_LOCK:
+            if key not in _STORES:
+                _STORES[key] = PromptStateStore(self.prompt_state_dir, model_key(self.model_path, self.n_ctx))
+            return _STORES[key]
 
     def _generate(
         self,
@@ -272,7 +305,14 @@ class LlamaCppChatModel(BaseChatModel):
                     pieces: list[str] = []
                     finish_reason = None
                     cut = None  # where a repetition loop starts, if decoding fell into one
-                    stream = llama.create_chat_completion(messages=payload, seed=seed, stream=True, **common)
+                    store = self._prompt_states()
+                    if store is None:
+                        stream = llama.create_chat_completion(messages=payload, seed=seed, stream=True, **common)
+                    else:
+                        # Llama's own method on the wrapper: the same handler and defaults, with
+                        # the wrapper's create_completion reading the prompt's tokens
+                        stream = type(llama).create_chat_completion(
+                            _PreparedLlama(llama, store), messages=payload, seed=seed, stream=True, **common)
                     try:
                         for chunk in stream:
                             choice = chunk["choices"][0]
