@@ -38,6 +38,7 @@ first attempt, and repairs share what is left.
 from __future__ import annotations
 
 import ast
+import copy
 import hashlib
 import json
 import logging
@@ -68,7 +69,8 @@ _STOP_NOTES = (REPEATED_ANSWER, BUDGET_SPENT)
 #: what a generated check must pass (part of the cache key: a stricter validation regenerates)
 #: 2: also slightly altered copies of the references (``LogiCodeGenerator._unstable``)
 #: 3: a check that passes the references but not their copies is kept as advisory
-VALIDATION_VERSION = 3
+#: 4: a check must be able to fail: on counterfactual copies of a reference (``_vacuous``)
+VALIDATION_VERSION = 4
 #: calibration needs a leave-one-out range of at least two references for each reference
 MIN_CALIBRATION_REFERENCES = 3
 SYSTEM_PROMPT = (
@@ -580,6 +582,9 @@ class LogiCodeGenerator:
                 if calibrated is not None:
                     unstable = self._unstable(calibrated, fname, references, variants)
                     if unstable is None:
+                        vacuous = self._vacuous(calibrated, fname, references)
+                        if vacuous is not None:
+                            return None, problem + " " + vacuous, "\n".join(observations), False
                         return calibrated, None, "\n".join(observations), True
                     return calibrated, problem + " " + unstable, "\n".join(observations), True
                 problem += " " + why_not
@@ -590,6 +595,10 @@ class LogiCodeGenerator:
         unstable = self._unstable(source, fname, references, variants)
         if unstable is not None:
             return source, unstable, "\n".join(observations), False
+        if require_pass:
+            vacuous = self._vacuous(source, fname, references)
+            if vacuous is not None:
+                return None, vacuous, "\n".join(observations), False
         return source, None, "\n".join(observations), False
 
     def _unstable(self, source: str, fname: str, references: list[dict], variants: Sequence[dict]) -> Optional[str]:
@@ -617,6 +626,41 @@ class LogiCodeGenerator:
                 f"which show the same product: what it measures is not stable (observed on the copies: {seen}). "
                 "Measure something that small changes of the image do not move.")
 
+    def _vacuous(self, source: str, fname: str, references: list[dict]) -> Optional[str]:
+        """Why ``source`` checks nothing, or None when it can fail. It runs on the counterfactual
+        copies of the first reference (parts removed, added, resized, moved, recoloured), judged
+        like the reference; a check that never reports a violation on any of them, except by
+        raising an error, passes whatever the image shows. On the synthetic juice bottle the
+        model compared a length with itself (``observed == neck_length``, both the same
+        expression): it passed every reference, then failed normal bottles whose parse lacked the
+        part, by an IndexError: with it the category's logical AUROC read 0.80, without it 0.91."""
+        if not references:
+            return None
+        copies = [{"reference": 0, "scene": s} for s in counterfactual_scenes(references[0])]
+        if not copies:
+            return None
+        driver = (
+            PRELUDE + source + "\n\n"
+            "def check_counterfactuals(scenes, references):\n"
+            "    others = references[1:] if len(references) > 1 else references\n"
+            "    out = []\n"
+            "    for v in scenes:\n"
+            "        try:\n"
+            f"            out.append({fname}(v['scene'], others))\n"
+            "        except Exception:\n"
+            "            out.append({'passed': False, 'error': True})\n"
+            "    return out\n"
+        )
+        res = self.run(driver, "check_counterfactuals", {"scenes": copies, "references": references})
+        if not res.ok or not isinstance(res.value, list):
+            return None  # it could not be judged: the other tests stand
+        if any(isinstance(out, dict) and out.get("passed") is False and not out.get("error") for out in res.value):
+            return None
+        return ("It passes whatever the image shows: on copies of a reference with a part's components "
+                "removed, added, resized, moved or recoloured it never reports the rule as violated, so it "
+                "checks nothing. Compare the measurement with the number the rule states or with the "
+                "references, not with itself.")
+
     def _run_against_others(self, source: str, fname: str, scenes: Sequence[dict], references: list[dict]):
         """Run ``fname`` on ``{"reference": i, "scene": ...}`` items, each against the references but the i-th."""
         return self.run(_against_others_driver(source, fname), "check_against_others",
@@ -639,6 +683,79 @@ class LogiCodeGenerator:
             return None, (f"Its observed value also varies between the normal references (reference(s) {outside} "
                           "lie outside what the others measure).")
         return calibrated, ""
+
+
+#: a size change a rule about sizes or lengths must notice (and a count rule need not)
+_GROW, _SHRINK = 1.6, 0.6
+
+
+def _edited(scene: dict, part: str, edit: Callable[[list[dict]], list[dict]]) -> dict:
+    """A copy of ``scene`` whose components of ``part`` went through ``edit``; the part's count
+    and total area follow."""
+    out = copy.deepcopy(scene)
+    mine = [c for c in out.get("components", []) if c.get("part") == part]
+    others = [c for c in out.get("components", []) if c.get("part") != part]
+    mine = edit(mine)
+    for i, c in enumerate(others + mine):
+        c["id"] = i
+    out["components"] = others + mine
+    for entry in out.get("parts", []):
+        if entry.get("id") == part:
+            entry["count"] = len(mine)
+            entry["total_area"] = float(sum(c.get("area", 0.0) for c in mine))
+    return out
+
+
+def _resized(comps: list[dict], factor: float) -> list[dict]:
+    for c in comps:
+        for key in ("area", "area_frac"):
+            if isinstance(c.get(key), (int, float)):
+                c[key] = c[key] * factor * factor
+        for key in ("major_axis", "minor_axis"):
+            if isinstance(c.get(key), (int, float)):
+                c[key] = c[key] * factor
+    return comps
+
+
+def _moved(scene: dict, comps: list[dict]) -> list[dict]:
+    """Each component a third of the product further right and down (wrapping round)."""
+    x0, y0, x1, y1 = scene.get("product_bbox") or (0, 0, *(scene.get("image_size") or (1, 1)))
+    grid = scene.get("grid")
+    for c in comps:
+        rx, ry = ((v + 1 / 3) % 1.0 for v in c.get("centroid_rel") or (0.5, 0.5))
+        c["centroid_rel"] = [rx, ry]
+        c["centroid"] = [x0 + rx * (x1 - x0), y0 + ry * (y1 - y0)]
+        c["horizontal"] = "left" if rx < 1 / 3 else ("right" if rx > 2 / 3 else "center")
+        c["vertical"] = "top" if ry < 1 / 3 else ("bottom" if ry > 2 / 3 else "middle")
+        if grid and c.get("grid_cell") is not None:
+            rows, cols = grid
+            c["grid_cell"] = [int(ry * rows), int(rx * cols)]
+    return comps
+
+
+def _recoloured(comps: list[dict]) -> list[dict]:
+    for c in comps:
+        c["color_name"] = "purple" if c.get("color_name") != "purple" else "green"
+        c["color_rgb"] = [255 - int(v) for v in c.get("color_rgb") or (0, 0, 0)]
+    return comps
+
+
+def counterfactual_scenes(scene: dict) -> list[dict]:
+    """Copies of a normal scene that break whatever a rule could state about one of its parts:
+    for each part, one component less, none, one more, larger, smaller, moved, and recoloured.
+    A check that passes on all of them measures nothing the image can change."""
+    out = []
+    for part in sorted({c.get("part") for c in scene.get("components", [])} - {None}):
+        out += [
+            _edited(scene, part, lambda cs: cs[1:]),
+            _edited(scene, part, lambda cs: []),
+            _edited(scene, part, lambda cs: cs + copy.deepcopy(cs[:1])),
+            _edited(scene, part, lambda cs: _resized(cs, _GROW)),
+            _edited(scene, part, lambda cs: _resized(cs, _SHRINK)),
+            _edited(scene, part, lambda cs: _moved(scene, cs)),
+            _edited(scene, part, _recoloured),
+        ]
+    return out
 
 
 def _own_copies(references: list[dict]) -> list[dict]:

@@ -65,7 +65,7 @@ def test_tool_loop_produces_findings_and_a_trace(refs, tmp_path):
     agent = Agent(AgentConfig(cache_dir=tmp_path, mode="agentic", pinned_program=None), chat_model=fake, model_id="fake")
     ctx_rules = ["The bag holds exactly two washers."]
     # program generation also goes through the fake: give it a valid function first
-    fake.script[:0] = [AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', True, 1, 1)\n```")]
+    fake.script[:0] = [AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', lc.count(scene, 'p1') >= 1, lc.count(scene, 'p1'), 'at least 1')\n```")]
     v = agent.run(gen.sample(40).image, rules=ctx_rules, references=references)
     assert [c.tool for c in v.tool_trace] == ["parse_scene", "run_logicode", "no_such_tool"]
     assert json.loads(v.tool_trace[1].output)["ok"] is True
@@ -80,7 +80,7 @@ def test_tool_loop_without_an_answer_falls_back_to_the_program(refs, tmp_path):
     gen, references = refs
     loop = [AIMessage("", tool_calls=[{"name": "structural_score", "args": {}, "id": f"s{i}"}]) for i in range(8)]
     fake = ToolCallingFake(script=[
-        AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', True, 1, 1)\n```"), *loop,
+        AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', lc.count(scene, 'p1') >= 1, lc.count(scene, 'p1'), 'at least 1')\n```"), *loop,
     ])
     agent = Agent(AgentConfig(cache_dir=tmp_path, mode="agentic"), chat_model=fake, model_id="fake2")
     # after 8 steps of tool calls, one last request without tools; prose there is no answer either
@@ -95,7 +95,7 @@ def test_a_model_that_keeps_calling_tools_is_asked_once_more_without_them(refs, 
     gen, references = refs
     loop = [AIMessage("", tool_calls=[{"name": "parse_scene", "args": {}, "id": f"p{i}"}]) for i in range(8)]
     fake = ToolCallingFake(script=[
-        AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', True, 1, 1)\n```"),
+        AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', lc.count(scene, 'p1') >= 1, lc.count(scene, 'p1'), 'at least 1')\n```"),
         *loop, _answer(passed=False),
     ])
     agent = Agent(AgentConfig(cache_dir=tmp_path, mode="agentic"), chat_model=fake, model_id="fake4")
@@ -109,7 +109,7 @@ def test_tool_arguments_that_are_not_json_are_answered_and_the_loop_goes_on(refs
     broken = {"name": "run_logicode", "args": '{"source": "def check(s', "id": "c9", "error": "Unterminated string",
               "type": "invalid_tool_call"}
     fake = ToolCallingFake(script=[
-        AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', True, 1, 1)\n```"),
+        AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', lc.count(scene, 'p1') >= 1, lc.count(scene, 'p1'), 'at least 1')\n```"),
         AIMessage("", invalid_tool_calls=[broken]),
         _answer(passed=True),
     ])
@@ -135,7 +135,7 @@ class SlowToolCaller(ToolCallingFake):
 def test_a_model_call_that_runs_over_its_budget_ends_the_loop(refs, tmp_path):
     gen, references = refs
     fake = SlowToolCaller(script=[
-        AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', True, 1, 1)\n```"),
+        AIMessage("```python\ndef check_r1(scene, references):\n    return lc.finding('r1', lc.count(scene, 'p1') >= 1, lc.count(scene, 'p1'), 'at least 1')\n```"),
     ])
     agent = Agent(AgentConfig(cache_dir=tmp_path, mode="agentic", generation_timeout_s=1), chat_model=fake,
                   model_id="slow")

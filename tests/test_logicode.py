@@ -187,8 +187,9 @@ def test_a_steady_measurement_with_a_wrong_verdict_is_calibrated_on_the_referenc
 def test_a_measurement_that_varies_between_the_references_is_not_calibrated():
     varied = [_scene(1), _scene(3), _scene(8)]
     wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
-    always = "```python\ndef check_r1(scene, references):\n    return lc.finding('r1', True, lc.count(scene, 'p1'), None)\n```"
-    model = ScriptedModel({"r1": [wrong, always], "r2": [GOOD_R2]})
+    present = ("```python\ndef check_r1(scene, references):\n    n = lc.count(scene, 'p1')\n"
+               "    return lc.finding('r1', n >= 1, n, 'at least 1')\n```")
+    model = ScriptedModel({"r1": [wrong, present], "r2": [GOOD_R2]})
     program = _generate(model, refs=varied)
     r1 = program.functions[0]
     assert r1.ok and not r1.calibrated and r1.attempts == 2
@@ -238,7 +239,7 @@ def test_a_check_that_misfires_on_slightly_altered_copies_of_the_references_is_r
 def test_a_check_that_crashes_on_an_altered_copy_is_rejected():
     # a part that vanishes on a copy 4 % darker: the check's index error is brittleness too
     crashing = ("```python\ndef check_r1(scene, references):\n    first = lc.lengths(scene, 'p1')[0]\n"
-                "    return lc.finding('r1', first > 0, first, None)\n```")
+                "    return lc.finding('r1', first > 30, first, None)\n```")
     model = ScriptedModel({"r1": [crashing], "r2": [GOOD_R2]})
     program = _generator(model, rounds=0).generate(RULES, parts_table=PARTS, reference_scenes=REFS, key="k",
                                                    model_id="fake", variant_scenes=[(1, _scene(0))])
@@ -441,7 +442,7 @@ def test_corrupt_cache_entry_is_ignored(tmp_path):
 def test_rules_keep_their_own_helpers_and_constants_when_assembled():
     r1 = ("```python\nEXPECTED = 3\ndef helper(scene):\n    return lc.count(scene, 'p1')\n"
           "def check_r1(scene, references):\n    return lc.finding('r1', helper(scene) == EXPECTED, helper(scene), EXPECTED)\n```")
-    r2 = ("```python\nEXPECTED = 99\ndef helper(scene):\n    return 0\n"
+    r2 = ("```python\nEXPECTED = 99\ndef helper(scene):\n    return lc.count(scene, 'p1') - 3\n"
           "def check_r2(scene, references):\n    return lc.finding('r2', helper(scene) == 0, helper(scene), EXPECTED)\n```")
     program = _generate(ScriptedModel([r1, r2]))
     assert program.checked_rule_ids == ["r1", "r2"]
@@ -495,3 +496,33 @@ def test_rule_sets_share_the_start_of_their_requests(zero_shot):
     assert API_REFERENCE.strip() in a[:shared] and "def check_e3" in a[:shared]
     assert shared > 0.6 * len(a)
     assert "pins" not in a[:shared] and PARTS not in a[:shared]
+
+
+def test_a_check_that_cannot_fail_is_rejected_and_repaired():
+    # the model compares a measurement with itself: it passes every reference and every altered
+    # copy, and on a normal image whose parse lacks the part it raises and flags the image
+    itself = ("```python\ndef check_r2(scene, references):\n    length = lc.lengths(scene, 'p1')[0]\n"
+              "    observed = lc.lengths(scene, 'p1')[0]\n"
+              "    return lc.finding('r2', observed == length, observed, length, 'pin length')\n```")
+    model = ScriptedModel({"r1": [GOOD_R1], "r2": [itself, GOOD_R2]})
+    program = _generate(model)
+    assert program.checked_rule_ids == ["r1", "r2"]
+    r2 = next(f for f in program.functions if f.rule_id == "r2")
+    assert r2.attempts == 2 and "passes whatever the image shows" in r2.problems[0]
+    repair = next(m for m in model.requests if "r2" in _rule_asked(m) and len(m) > 2)[-1].content
+    assert "checks nothing" in repair
+
+
+def test_counterfactual_scenes_break_each_kind_of_rule():
+    from agent.logicode import counterfactual_scenes
+
+    scene = _scene(3)
+    copies = counterfactual_scenes(scene)
+    assert len(copies) == 7  # one part: fewer, none, more, larger, smaller, moved, recoloured
+    counts = [c["parts"][0]["count"] for c in copies]
+    assert counts[:3] == [2, 0, 4] and all(n == 3 for n in counts[3:])
+    assert [len(c["components"]) for c in copies][:3] == [2, 0, 4]
+    assert copies[3]["components"][0]["major_axis"] > 40 > copies[4]["components"][0]["major_axis"]
+    assert copies[5]["components"][0]["centroid_rel"] != scene["components"][0]["centroid_rel"]
+    assert copies[6]["components"][0]["color_name"] != "yellow"
+    assert scene == _scene(3)  # the reference itself is untouched
