@@ -724,7 +724,12 @@ def _moved(scene: dict, comps: list[dict]) -> list[dict]:
     for c in comps:
         rx, ry = ((v + 1 / 3) % 1.0 for v in c.get("centroid_rel") or (0.5, 0.5))
         c["centroid_rel"] = [rx, ry]
-        c["centroid"] = [x0 + rx * (x1 - x0), y0 + ry * (y1 - y0)]
+        cx, cy = x0 + rx * (x1 - x0), y0 + ry * (y1 - y0)
+        if c.get("centroid") and c.get("bbox"):
+            dx, dy = cx - c["centroid"][0], cy - c["centroid"][1]
+            bx0, by0, bx1, by1 = c["bbox"]
+            c["bbox"] = [int(bx0 + dx), int(by0 + dy), int(bx1 + dx), int(by1 + dy)]
+        c["centroid"] = [cx, cy]
         c["horizontal"] = "left" if rx < 1 / 3 else ("right" if rx > 2 / 3 else "center")
         c["vertical"] = "top" if ry < 1 / 3 else ("bottom" if ry > 2 / 3 else "middle")
         if grid and c.get("grid_cell") is not None:

@@ -523,6 +523,9 @@ def test_counterfactual_scenes_break_each_kind_of_rule():
     assert counts[:3] == [2, 0, 4] and all(n == 3 for n in counts[3:])
     assert [len(c["components"]) for c in copies][:3] == [2, 0, 4]
     assert copies[3]["components"][0]["major_axis"] > 40 > copies[4]["components"][0]["major_axis"]
-    assert copies[5]["components"][0]["centroid_rel"] != scene["components"][0]["centroid_rel"]
+    moved, before = copies[5]["components"][0], scene["components"][0]
+    assert moved["centroid_rel"] != before["centroid_rel"]
+    assert moved["bbox"][2] - moved["bbox"][0] == before["bbox"][2] - before["bbox"][0]  # moved, same size
+    assert moved["bbox"][0] != before["bbox"][0]
     assert copies[6]["components"][0]["color_name"] != "yellow"
     assert scene == _scene(3)  # the reference itself is untouched
