@@ -639,19 +639,9 @@ class LogiCodeGenerator:
         copies = [{"reference": 0, "scene": s} for s in counterfactual_scenes(references[0])]
         if not copies:
             return None
-        driver = (
-            PRELUDE + source + "\n\n"
-            "def check_counterfactuals(scenes, references):\n"
-            "    others = references[1:] if len(references) > 1 else references\n"
-            "    out = []\n"
-            "    for v in scenes:\n"
-            "        try:\n"
-            f"            out.append({fname}(v['scene'], others))\n"
-            "        except Exception:\n"
-            "            out.append({'passed': False, 'error': True})\n"
-            "    return out\n"
-        )
-        res = self.run(driver, "check_counterfactuals", {"scenes": copies, "references": references})
+        # a crash on one copy is a finding with an error, not a failed run
+        res = self.run(_against_others_driver(source, fname, catch_errors=True), "check_against_others",
+                       {"scenes": copies, "references": references})
         if not res.ok or not isinstance(res.value, list):
             return None  # it could not be judged: the other tests stand
         if any(isinstance(out, dict) and out.get("passed") is False and not out.get("error") for out in res.value):
@@ -768,9 +758,15 @@ def _own_copies(references: list[dict]) -> list[dict]:
     return [{"reference": i, "scene": scene} for i, scene in enumerate(references)]
 
 
-def _against_others_driver(source: str, fname: str) -> str:
+def _against_others_driver(source: str, fname: str, catch_errors: bool = False) -> str:
     """A program that runs ``fname`` on each scene of a reference (the reference itself, or an
-    altered copy of it), judged against the other references (all of them when there is only one)."""
+    altered copy of it), judged against the other references (all of them when there is only one).
+    ``catch_errors``: a call that raises gives ``{'passed': False, 'error': True}`` instead of
+    ending the run."""
+    call = f"out.append({fname}(v['scene'], others))"
+    if catch_errors:
+        call = (f"try:\n            {call}\n"
+                "        except Exception:\n            out.append({'passed': False, 'error': True})")
     return (
         PRELUDE + source + "\n\n"
         "def check_against_others(scenes, references):\n"
@@ -778,7 +774,7 @@ def _against_others_driver(source: str, fname: str) -> str:
         "    for v in scenes:\n"
         "        i = v['reference']\n"
         "        others = references[:i] + references[i + 1:] if len(references) > 1 else references\n"
-        f"        out.append({fname}(v['scene'], others))\n"
+        f"        {call}\n"
         "    return out\n"
     )
 

@@ -34,8 +34,9 @@ REMEMBERED_PROMPTS = 16
 
 
 def default_directory() -> Path:
-    root = os.environ.get("LOGISCAN_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "logiscan") / "prompt-states"
+    from agent.config import default_cache_dir
+
+    return default_cache_dir() / "prompt-states"
 
 
 def model_key(model_path: str, n_ctx: int) -> str:
@@ -104,8 +105,12 @@ class PromptStateStore:
         tokens = [int(t) for t in tokens]
         held = _common(llama.input_ids[:llama.n_tokens].tolist(), tokens)
         try:
-            held = self._load_best(llama, tokens, held)
-            held = self._save_shared(llama, tokens, held)
+            # saved prefixes of this prompt (the whole saved prefix starts it, one token is left)
+            prefixes = [(path, len(saved)) for path, saved in ((p, self._tokens(p)) for p in self._files("state"))
+                        if saved is not None and len(saved) < len(tokens)
+                        and _common(saved.tolist(), tokens) == len(saved)]
+            held = self._load_best(llama, tokens, held, prefixes)
+            held = self._save_shared(llama, tokens, held, max((n for _, n in prefixes), default=0))
             self._remember(tokens)
         except Exception as exc:  # a full disk or a foreign file: read the prompt as usual
             log.warning("prompt state store in %s: %s; reading the prompt in full", self.directory, exc)
@@ -113,14 +118,8 @@ class PromptStateStore:
             held = 0
         return held
 
-    def _load_best(self, llama: Any, tokens: list[int], held: int) -> int:
-        best, best_path = 0, None
-        for path in self._files("state"):
-            saved = self._tokens(path)
-            n = 0 if saved is None else len(saved)
-            # the whole saved prefix must start this prompt, and one token must be left to read
-            if best < n < len(tokens) and _common(saved.tolist(), tokens) == n:
-                best, best_path = n, path
+    def _load_best(self, llama: Any, tokens: list[int], held: int, prefixes: list[tuple[Path, int]]) -> int:
+        best_path, best = max(prefixes, key=lambda item: item[1], default=(None, 0))
         if best_path is None or best < held + MIN_GAIN_TOKENS:
             return held
         import llama_cpp
@@ -140,7 +139,9 @@ class PromptStateStore:
         self.loaded += best - held
         return best
 
-    def _save_shared(self, llama: Any, tokens: list[int], held: int) -> int:
+    def _save_shared(self, llama: Any, tokens: list[int], held: int, covered: int) -> int:
+        """Save the prefix ``tokens`` shares with a remembered prompt, unless a saved state
+        already ``covered`` nearly as much of it."""
         shared = 0
         for path in self._files("prompt"):
             seen = self._tokens(path)
@@ -154,9 +155,6 @@ class PromptStateStore:
         shared = min(shared, len(tokens) - 1)
         if shared < self.min_tokens:
             return held
-        covered = max((len(s) for s in map(self._tokens, self._files("state"))
-                       if s is not None and len(s) <= len(tokens) and _common(s.tolist(), tokens) == len(s)),
-                      default=0)
         if shared < covered + MIN_GAIN_TOKENS:
             return held
         import llama_cpp
