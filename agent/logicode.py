@@ -70,7 +70,8 @@ _STOP_NOTES = (REPEATED_ANSWER, BUDGET_SPENT)
 #: 2: also slightly altered copies of the references (``LogiCodeGenerator._unstable``)
 #: 3: a check that passes the references but not their copies is kept as advisory
 #: 4: a check must be able to fail: on counterfactual copies of a reference (``_vacuous``)
-VALIDATION_VERSION = 4
+#: 5: ... and its observed value must change on them
+VALIDATION_VERSION = 5
 #: calibration needs a leave-one-out range of at least two references for each reference
 MIN_CALIBRATION_REFERENCES = 3
 SYSTEM_PROMPT = (
@@ -644,7 +645,16 @@ class LogiCodeGenerator:
                        {"scenes": copies, "references": references})
         if not res.ok or not isinstance(res.value, list):
             return None  # it could not be judged: the other tests stand
-        if any(isinstance(out, dict) and out.get("passed") is False and not out.get("error") for out in res.value):
+        judged = [out for out in res.value if isinstance(out, dict) and not out.get("error")]
+        observed = {_observation_key(out.get("observed")) for out in judged}
+        if len(judged) >= MIN_JUDGED_COPIES and len(observed) == 1 and None not in observed:
+            # a tautology can still fail where its expression breaks down (0 < 0 on a missing
+            # part): what it reports as observed is the tell
+            return (f"It measures nothing: its observed value is {judged[0].get('observed')!r} on every copy "
+                    "of a reference with a part's components removed, added, resized, moved or recoloured. "
+                    "Report as observed the measurement taken from the scene, and compare it with the number "
+                    "the rule states or with the references, not with itself.")
+        if any(out.get("passed") is False for out in judged):
             return None
         return ("It passes whatever the image shows: on copies of a reference with a part's components "
                 "removed, added, resized, moved or recoloured it never reports the rule as violated, so it "
@@ -673,6 +683,27 @@ class LogiCodeGenerator:
             return None, (f"Its observed value also varies between the normal references (reference(s) {outside} "
                           "lie outside what the others measure).")
         return calibrated, ""
+
+
+#: a check whose observed value is the same on at least this many counterfactual copies (and on
+#: all of them) reads nothing from the scene
+MIN_JUDGED_COPIES = 3
+
+
+def _observation_key(value: Any) -> Optional[str]:
+    """A comparable form of an observed value: floats to 6 significant digits, so that the same
+    measurement read twice is one value. None (nothing observed) stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, (int, float)):
+        return f"{float(value):.6g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(str(_observation_key(v)) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_observation_key(v)}" for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))) + "}"
+    return repr(value)
 
 
 #: a size change a rule about sizes or lengths must notice (and a count rule need not)

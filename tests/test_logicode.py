@@ -513,6 +513,26 @@ def test_a_check_that_cannot_fail_is_rejected_and_repaired():
     assert "checks nothing" in repair
 
 
+def test_a_check_whose_observed_value_never_changes_is_rejected():
+    # the model subtracts an area from itself: the check fails only where the part is missing
+    # (0 < 0), so it can fail, but it reports 0 whatever the image shows
+    itself = ("```python\ndef check_r2(scene, references):\n    area = lc.total_area(scene, 'p1')\n"
+              "    observed = lc.total_area(scene, 'p1') - area\n"
+              "    return lc.finding('r2', observed < area, observed, area, 'fill level')\n```")
+    program = _generate(ScriptedModel({"r1": [GOOD_R1], "r2": [itself, GOOD_R2]}))
+    r2 = next(f for f in program.functions if f.rule_id == "r2")
+    assert r2.attempts == 2 and "measures nothing" in r2.problems[0] and "0" in r2.problems[0]
+    assert program.checked_rule_ids == ["r1", "r2"]
+
+
+def test_observations_compare_by_value():
+    from agent.logicode import _observation_key
+
+    assert _observation_key(0.30000000000000004) == _observation_key(0.3) != _observation_key(0.31)
+    assert _observation_key([1, 2.0]) == _observation_key((1.0, 2)) and _observation_key(None) is None
+    assert _observation_key(True) != _observation_key(1)
+
+
 def test_counterfactual_scenes_break_each_kind_of_rule():
     from agent.logicode import counterfactual_scenes
 
