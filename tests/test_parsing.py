@@ -328,3 +328,26 @@ def test_colour_centres_follow_a_shifted_photograph(monkeypatch):
     assert (labels[:5000] == 0).all() and (labels[5000:] == 1).all()
     monkeypatch.setattr(parser_module, "ADAPT_ROUNDS", 0)
     assert (parser._assign(pixels)[:5000] == 0).mean() < 0.8  # the failure the adaptation removes
+
+
+def test_object_groups_split_into_subclasses_with_steady_counts():
+    from detectors.parsing.parser import _split_subclasses
+
+    rng = np.random.default_rng(0)
+    refs_of = np.repeat(np.arange(4), 4)  # four references, four objects each
+    # two kinds, two of each per reference, closer than the clustering distance (one group)
+    kinds = np.tile([0, 0, 1, 1], 4)
+    X = np.stack([kinds * 1.5, np.zeros(16)], 1) + rng.normal(0, 0.1, (16, 2))
+    split = _split_subclasses(X, refs_of, np.zeros(16, int), n_refs=4)
+    assert len(np.unique(split)) == 2
+    assert all(len(np.unique(split[kinds == k])) == 1 for k in (0, 1))
+
+    # fifteen identical objects per reference: random halves have wandering counts
+    refs_of = np.repeat(np.arange(4), 15)
+    X = rng.normal(0, 0.3, (60, 2))
+    assert len(np.unique(_split_subclasses(X, refs_of, np.zeros(60, int), n_refs=4))) == 1
+
+    # a kind that only one reference shows is not a sub-class of the product
+    refs_of = np.array([0, 0, 1, 1, 2, 2, 3, 3, 0])
+    X = np.array([[0, 0]] * 8 + [[1.5, 0]], float) + rng.normal(0, 0.05, (9, 2))
+    assert len(np.unique(_split_subclasses(X, refs_of, np.zeros(9, int), n_refs=4))) == 1
