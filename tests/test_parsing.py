@@ -347,6 +347,11 @@ def test_object_groups_split_into_subclasses_with_steady_counts():
     X = rng.normal(0, 0.3, (60, 2))
     assert len(np.unique(_split_subclasses(X, refs_of, np.zeros(60, int), n_refs=4))) == 1
 
+    # one image (a single reference, or zero-shot) cannot show that a split is steady
+    X = np.array([[0, 0], [0, 0], [1.5, 0], [1.5, 0]], float) + rng.normal(0, 0.05, (4, 2))
+    one = _split_subclasses(X, np.zeros(4, int), np.zeros(4, int), n_refs=1)
+    assert len(np.unique(one)) == 1
+
     # a kind that only one reference shows is not a sub-class of the product
     refs_of = np.array([0, 0, 1, 1, 2, 2, 3, 3, 0])
     X = np.array([[0, 0]] * 8 + [[1.5, 0]], float) + rng.normal(0, 0.05, (9, 2))

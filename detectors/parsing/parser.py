@@ -140,6 +140,10 @@ def _shape_features(area: float, major: float, minor: float, solidity: float, ho
     return np.array([np.log(max(area, 1.0)), np.log((major + 1.0) / (minor + 1.0)), solidity, hole_frac])
 
 
+#: the fewest references whose counts can say that a split is steady (one image's halves always are)
+MIN_SUBCLASS_REFERENCES = 3
+
+
 def _count_spread(members: np.ndarray, refs_of: np.ndarray, n_refs: int) -> float:
     """How far a group's count per reference strays from its median count (summed over references)."""
     counts = np.bincount(refs_of[members], minlength=n_refs)
@@ -153,8 +157,11 @@ def _split_subclasses(X: np.ndarray, refs_of: np.ndarray, assign: np.ndarray, n_
     colour than the clustering distance, then become two parts of 2 each instead of one part whose
     count wanders between 3 and 4 (synthetic screw bag, seeds 20240611 and 11: count accuracy
     0.37 to 0.63 and 0.40 to 0.60). Fifteen identical pushpins split at random give halves whose
-    counts wander, so they stay one part."""
+    counts wander, so they stay one part. Steadiness needs several references: with fewer than
+    ``MIN_SUBCLASS_REFERENCES`` (one normal image, or zero-shot) nothing is split."""
     out = assign.copy()
+    if n_refs < MIN_SUBCLASS_REFERENCES:
+        return out
     next_label = int(out.max()) + 1
     needed = max(1, SPLIT_PRESENCE * n_refs)
     for g in np.unique(assign):
