@@ -94,6 +94,26 @@ def test_a_fragment_beside_its_object_is_not_counted(parser):
     assert seg[int(50 * sy), int(84 * sx)] == scene.parts.index(orange) + 1  # still painted as the part
 
 
+def test_an_object_cut_in_two_halves_is_counted_once(parser):
+    # one disc, and a larger one (radius 21; the references' discs are 17) cut through its middle
+    # by a tray-coloured line: two halves, each too small for a disc and too large for a
+    # fragment, together one disc
+    img = _scene_image(np.random.default_rng(5), n_discs=1)
+    tray, orange = img[30, 30].copy(), np.array([235, 120, 20])
+    yy, xx = np.mgrid[:H, :W]
+    disc = (yy - 120) ** 2 + (xx - 60) ** 2
+    img[disc < 21 ** 2] = orange
+    img[(disc < 23 ** 2) & (np.abs(xx - 60) <= 3)] = tray
+    scene = parser.parse(img)
+    part = _parts_by(scene, "orange")[0]
+    assert part.count == 2, [(c.area, c.centroid) for c in scene.components if c.part == part.id]
+    # two half-sized discs apart from each other are two objects
+    img = _scene_image(np.random.default_rng(5), n_discs=1)
+    for cx in (45, 80):
+        img[(yy - 120) ** 2 + (xx - cx) ** 2 < 12 ** 2] = orange
+    assert _parts_by(parser.parse(img), "orange")[0].count == 3
+
+
 def test_same_colour_different_shape_are_different_parts(parser):
     scene = parser.parse(_scene_image(np.random.default_rng(6)))
     grey = [p for p in scene.parts if p.color_name in ("gray", "dark gray")]
