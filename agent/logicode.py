@@ -49,6 +49,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from pydantic import BaseModel, Field
 
+from detectors.schema import position_words
+
 from prompts.logicode import (
     LOGICODE_TEMPLATE_VERSION,
     grounding_request,
@@ -751,8 +753,7 @@ def _moved(scene: dict, comps: list[dict]) -> list[dict]:
             bx0, by0, bx1, by1 = c["bbox"]
             c["bbox"] = [int(bx0 + dx), int(by0 + dy), int(bx1 + dx), int(by1 + dy)]
         c["centroid"] = [cx, cy]
-        c["horizontal"] = "left" if rx < 1 / 3 else ("right" if rx > 2 / 3 else "center")
-        c["vertical"] = "top" if ry < 1 / 3 else ("bottom" if ry > 2 / 3 else "middle")
+        c["horizontal"], c["vertical"] = position_words(rx, ry)
         if grid and c.get("grid_cell") is not None:
             rows, cols = grid
             c["grid_cell"] = [int(ry * rows), int(rx * cols)]

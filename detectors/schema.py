@@ -29,6 +29,13 @@ class Stats(BaseModel):
         return cls(mean=float(arr.mean()), std=float(arr.std()), min=float(arr.min()), max=float(arr.max()))
 
 
+def position_words(x_rel: float, y_rel: float) -> tuple[str, str]:
+    """A position inside the product's box in words: thirds of its width and of its height."""
+    horizontal = "left" if x_rel < 1 / 3 else ("right" if x_rel > 2 / 3 else "center")
+    vertical = "top" if y_rel < 1 / 3 else ("bottom" if y_rel > 2 / 3 else "middle")
+    return horizontal, vertical
+
+
 class Component(BaseModel):
     """One connected component of one part, in image pixel coordinates."""
 

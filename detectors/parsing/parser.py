@@ -53,7 +53,7 @@ from sklearn.cluster import AgglomerativeClustering, KMeans
 
 from ..base import NotFittedError
 from ..images import ImageInput, load_image
-from ..schema import Component, Part, Scene, Stats
+from ..schema import Component, Part, Scene, Stats, position_words
 from .colors import color_name, rgb_to_lab
 from .composition import CompositionScorer, Deviation
 
@@ -149,6 +149,15 @@ def _shape_features(area: float, major: float, minor: float, solidity: float, ho
     return np.array([np.log(max(area, 1.0)), np.log((major + 1.0) / (minor + 1.0)), solidity, hole_frac])
 
 
+def _joins(piece_area: float, host_area: float, typical_area: float) -> bool:
+    """Whether a piece belongs to a neighbouring piece of its part: it is a fragment (much smaller
+    than the part's objects), or the two are one object cut in two (each too small for one,
+    together about one)."""
+    if piece_area < FRAGMENT_SHARE * typical_area:
+        return True
+    return host_area < HALF_SHARE * typical_area and piece_area + host_area <= HALF_UNION * typical_area
+
+
 #: the fewest references whose counts can say that a split is steady (one image's halves always are)
 MIN_SUBCLASS_REFERENCES = 3
 
@@ -159,7 +168,8 @@ def _count_spread(members: np.ndarray, refs_of: np.ndarray, n_refs: int) -> floa
     return float(np.abs(counts - np.median(counts)).sum())
 
 
-def _split_subclasses(X: np.ndarray, refs_of: np.ndarray, assign: np.ndarray, n_refs: int) -> np.ndarray:
+def _split_subclasses(X: np.ndarray, refs_of: np.ndarray, assign: np.ndarray, n_refs: int,
+                      seed: int = 0) -> np.ndarray:
     """Split each shape group of objects in two (k-means) where the two halves are sub-classes
     of the product: both appear in (nearly) every reference, and their counts per reference are
     at least as steady as the whole group's. Nuts and washers of one metal, closer in shape and
@@ -177,7 +187,7 @@ def _split_subclasses(X: np.ndarray, refs_of: np.ndarray, assign: np.ndarray, n_
         members = np.flatnonzero(assign == g)
         if len(members) < 2 * needed:
             continue
-        halves = KMeans(n_clusters=2, n_init=4, random_state=0).fit_predict(X[members])
+        halves = KMeans(n_clusters=2, n_init=4, random_state=seed).fit_predict(X[members])
         parts = [members[halves == k] for k in (0, 1)]
         if min(len(set(refs_of[p])) for p in parts) < needed:
             continue
@@ -640,7 +650,7 @@ class SceneParser:
                 if c == OBJECTS or frequent >= 2:
                     assign = split
                 if c == OBJECTS:
-                    assign = _split_subclasses(X, refs_of, assign, n_refs)
+                    assign = _split_subclasses(X, refs_of, assign, n_refs, seed=self.seed)
             for g in np.unique(assign):
                 members = assign == g
                 imgs = set(refs_of[members])
@@ -712,6 +722,7 @@ class SceneParser:
             cx, cy = props["centroid"]
             rx, ry = (cx - x0) / pw, (cy - y0) / ph
             rx, ry = float(np.clip(rx, 0, 1)), float(np.clip(ry, 0, 1))
+            horizontal, vertical = position_words(rx, ry)
             bx0, by0, bx1, by1 = props["bbox"]
             scale_len = np.sqrt(sx * sy)
             comps.append(Component(
@@ -721,8 +732,7 @@ class SceneParser:
                 bbox=(int(bx0 * sx), int(by0 * sy), int(np.ceil(bx1 * sx)), int(np.ceil(by1 * sy))),
                 orientation=props["orientation"], major_axis=props["major"] * scale_len,
                 minor_axis=props["minor"] * scale_len, color_rgb=rgb_t, color_name=color_name(rgb_t),
-                horizontal="left" if rx < 1 / 3 else ("right" if rx > 2 / 3 else "center"),
-                vertical="top" if ry < 1 / 3 else ("bottom" if ry > 2 / 3 else "middle"),
+                horizontal=horizontal, vertical=vertical,
                 grid_cell=self._grid_cell(rx, ry),
             ))
         parts = []
@@ -759,18 +769,10 @@ class SceneParser:
             area = props["area"] * px_area
             if ref and area < max(FRAGMENT_SHARE, HALF_SHARE) * ref:
                 x0, y0, x1, y1 = props["bbox"]
-
-                def joins(h: dict) -> bool:
-                    if area < FRAGMENT_SHARE * ref:
-                        return True
-                    # one object cut in two: two pieces, each too small for one object, that
-                    # together have about the size of one
-                    return h["area"] * px_area < HALF_SHARE * ref and (h["area"] * px_area + area) <= HALF_UNION * ref
-
                 host = next((h for h, hg in kept if hg.part_id == g.part_id
                              and h["bbox"][0] - FRAGMENT_GAP <= x1 and x0 <= h["bbox"][2] + FRAGMENT_GAP
                              and h["bbox"][1] - FRAGMENT_GAP <= y1 and y0 <= h["bbox"][3] + FRAGMENT_GAP
-                             and joins(h)), None)
+                             and _joins(area, h["area"] * px_area, ref)), None)
                 if host is not None:
                     host["area"] += props["area"]  # the part's area stays whole
                     continue
