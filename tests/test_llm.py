@@ -311,11 +311,43 @@ def test_llamacpp_timeout_also_bounds_tool_calling():
 def test_default_threads_leave_cores_that_other_work_holds():
     from agent.llm.llamacpp import MAX_DEFAULT_THREADS, default_threads
 
-    assert default_threads(cpus=2, load=1.0, host_cpus=2) == 2      # only this process is busy
-    assert default_threads(cpus=2, load=2.0, host_cpus=2) == 1      # one other job on a core
-    assert default_threads(cpus=2, load=9.0, host_cpus=2) == 1      # never below one
-    assert default_threads(cpus=4, load=1.0, host_cpus=64) == 4     # a container's share of a big host
-    assert default_threads(cpus=64, load=0.0, host_cpus=64) == MAX_DEFAULT_THREADS
+    assert default_threads(cpus=2, others=0.0, host_cpus=2) == 2      # only this process is busy
+    assert default_threads(cpus=2, others=1.0, host_cpus=2) == 1      # one other job on a core
+    assert default_threads(cpus=2, others=8.0, host_cpus=2) == 1      # never below one
+    assert default_threads(cpus=4, others=0.0, host_cpus=64) == 4     # a container's share of a big host
+    assert default_threads(cpus=64, others=0.0, host_cpus=64) == MAX_DEFAULT_THREADS
+
+
+def test_this_process_own_work_is_not_counted_as_other_work(monkeypatch):
+    """The agent fits its detectors on every core just before it loads the model: that work is
+    its own, and must not cost the model a thread (the load average counted it)."""
+    import os
+
+    from agent.llm import llamacpp
+
+    real = llamacpp.busy_elsewhere(0.05)
+    if real is None:
+        pytest.skip("/proc is not available here")
+    assert real >= 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    # over the window, the machine's CPUs were busy for two cores' worth of ticks: all of it this
+    # process's own (its detectors), then half of it another process's
+    for own_share, elsewhere, threads in ((1.0, 0.0, 2), (0.5, 1.0, 1)):
+        ticks = iter([(0, 0, 100.0), (2 * hz, int(2 * hz * own_share), 101.0)])
+        monkeypatch.setattr(llamacpp, "_cpu_ticks", lambda: next(ticks))
+        measured = llamacpp.busy_elsewhere(0.0)
+        assert measured == pytest.approx(elsewhere, abs=0.01)
+        assert llamacpp.default_threads(cpus=2, others=measured, host_cpus=2) == threads
+
+
+def test_default_threads_fall_back_to_the_load_average_without_proc(monkeypatch):
+    from agent.llm import llamacpp
+
+    monkeypatch.setattr(llamacpp, "busy_elsewhere", lambda window_s=0.3: None)
+    monkeypatch.setattr(llamacpp, "_load_average", lambda: 3.0)  # this process and two others
+    assert llamacpp.default_threads(cpus=2, host_cpus=2) == 1
+    monkeypatch.setattr(llamacpp, "_load_average", lambda: 1.0)
+    assert llamacpp.default_threads(cpus=2, host_cpus=2) == 2
 
 
 def test_amx_builds_are_recognised_and_the_installed_one_has_no_amx():

@@ -60,24 +60,59 @@ def _load_average() -> float:
         return 0.0
 
 
-def default_threads(cpus: int | None = None, load: float | None = None, host_cpus: int | None = None) -> int:
+#: how long ``busy_elsewhere`` watches the machine's CPU time
+BUSY_SAMPLE_S = 0.3
+
+
+def _cpu_ticks() -> tuple[int, int, float]:
+    """(busy clock ticks of all CPUs, clock ticks of this process, monotonic time) from /proc."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait
+    busy = sum(fields[:3]) + sum(fields[5:8])
+    with open("/proc/self/stat") as f:
+        own = f.read().rsplit(")", 1)[1].split()
+    return busy, int(own[11]) + int(own[12]), time.monotonic()  # utime + stime of all its threads
+
+
+def busy_elsewhere(window_s: float = BUSY_SAMPLE_S) -> float | None:
+    """Cores that other processes keep busy now: the machine's CPU time over a short window,
+    less this process's own. None where /proc cannot say (not Linux)."""
+    try:
+        busy0, own0, start = _cpu_ticks()
+        time.sleep(window_s)
+        busy1, own1, end = _cpu_ticks()
+    except (OSError, ValueError, IndexError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK") * max(end - start, 1e-3)
+    return max(0.0, ((busy1 - busy0) - (own1 - own0)) / ticks)
+
+
+def default_threads(cpus: int | None = None, others: float | None = None, host_cpus: int | None = None) -> int:
     """Threads llama.cpp uses when ``LLMConfig.n_threads`` is not set.
 
-    Every core this process may run on (at most 8) that other work is not already keeping
-    busy: ``cpus * (1 - others / host_cpus)``, rounded, at least 1, where ``others`` is the
-    load average less one runnable task for this process itself (it is busy loading the
-    model when this runs). On an otherwise idle 2-core machine that is 2. On a
-    busy one it stays 1: llama.cpp threads spin while they wait for each other, and a thread
-    waiting for a core that another job holds stalls every token. Measured on the shared
-    2-core development machine at a load average of 4 to 5 (Qwen2.5-Coder-0.5B, 64 tokens):
-    1 thread 4.3 to 10.2 tokens/s, 2 threads 1.2 tokens/s.
+    Every core this process may run on (at most 8) that other processes are not keeping
+    busy: ``cpus * (1 - others / host_cpus)``, rounded, at least 1. ``others`` is measured
+    (``busy_elsewhere``: the machine's CPU time over a short window, less this process's own),
+    or, where /proc cannot say, the load average less one runnable task for this process. On an
+    otherwise idle 2-core machine that is 2. On a busy one it stays 1: llama.cpp threads spin
+    while they wait for each other, and a thread waiting for a core that another job holds stalls
+    every token. Measured on the shared 2-core development machine at a load average of 4 to 5
+    (Qwen2.5-Coder-0.5B, 64 tokens): 1 thread 4.3 to 10.2 tokens/s, 2 threads 1.2 tokens/s.
+
+    The load average alone counted this process's own recent work as other work: the agent fits
+    its detectors (both cores, tens of seconds) just before it loads the model, the load average
+    then read about 1.6 on an idle 2-core machine, and the model decoded on 1 thread at about half
+    the speed of 2 (Qwen2.5-Coder-1.5B: 5.6 against 10 tokens/s).
     """
     cpus = _available_cpus() if cpus is None else cpus
-    load = _load_average() if load is None else load
+    if others is None:
+        others = busy_elsewhere()
+    if others is None:
+        others = max(0.0, _load_average() - 1.0)
     host_cpus = (os.cpu_count() or cpus) if host_cpus is None else host_cpus
-    # The load average counts runnable tasks on the whole machine, which may have more cores
-    # than this process may use (a container's cpuset): compare it with the machine's cores.
-    others = max(0.0, load - 1.0)
+    # /proc/stat and the load average count the whole machine, which may have more cores than
+    # this process may use (a container's cpuset): compare with the machine's cores.
     idle = cpus * max(0.0, 1.0 - others / max(1, host_cpus))
     return max(1, min(MAX_DEFAULT_THREADS, cpus, round(idle)))
 
