@@ -11,7 +11,9 @@ measure a process that reads every prompt in full.
 Prints one line per model call, one per rule (seconds, attempts, validated or why not),
 the total, and a final JSON summary line.
 
-    python benchmarks/bench_generation.py [--category NAME] [--cold-prompts]
+``--no-lookup`` decodes one token per pass instead of guessing from the prompt (``agent.llm.lookup``).
+
+    python benchmarks/bench_generation.py [--category NAME] [--cold-prompts] [--no-lookup]
 """
 
 from __future__ import annotations
@@ -40,10 +42,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--category", default=CATEGORY)
     ap.add_argument("--cold-prompts", action="store_true", help="do not use saved prompt states")
+    ap.add_argument("--no-lookup", action="store_true", help="decode one token per pass (no prompt lookup)")
     args = ap.parse_args()
     cache = Path(tempfile.gettempdir()) / "logiscan-bench-generation"
     shutil.rmtree(cache / "programs", ignore_errors=True)
-    agent = Agent(AgentConfig(cache_dir=cache, llm={"prompt_states": False} if args.cold_prompts else None))
+    llm = {**({"prompt_states": False} if args.cold_prompts else {}), **({"prompt_lookup": 0} if args.no_lookup else {})}
+    agent = Agent(AgentConfig(cache_dir=cache, llm=llm or None))
 
     gen = SynthGenerator(args.category, seed=SEED, scale=SCALE)
     refs = [gen.sample(i, kind="good").image for i in range(K)]
@@ -82,6 +86,7 @@ def main() -> int:
     summary = {
         "category": args.category,
         "prompt_states": not args.cold_prompts,
+        "prompt_lookup": not args.no_lookup,
         "model": program.model_id,
         "threads_available": len(os.sched_getaffinity(0)),
         "load_avg_1m": round(os.getloadavg()[0], 2),

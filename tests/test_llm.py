@@ -159,6 +159,77 @@ def test_llamacpp_honours_stop(smol):
     assert reply.usage_metadata["output_tokens"] < 16
 
 
+
+def test_prompt_lookup_guesses_what_followed_the_latest_match():
+    import numpy as np
+    from agent.llm.lookup import find_draft
+
+    # the last 3 tokens (7, 8, 9) occurred twice: the latest occurrence is followed by 4, 5
+    seq = np.array([7, 8, 9, 1, 2, 3, 7, 8, 9, 4, 5, 0, 7, 8, 9])
+    assert find_draft(seq, 6) == [4, 5, 0, 7, 8, 9]
+    assert find_draft(seq, 2) == [4, 5]
+    # n-grams shorter than MIN_NGRAM (3) never guess: 1, 2 occurred, but only as a pair
+    assert find_draft(np.array([1, 2, 5, 6, 1, 2]), 4) == []
+    assert find_draft(np.array([1, 2, 3]), 4) == []
+
+
+@pytest.mark.slow
+def test_prompt_lookup_without_guesses_is_plain_greedy_decoding(monkeypatch):
+    """The lookup loop's own prompt reading, prefix reuse, stop strings and token limit: with no
+    guesses it must write exactly what llama.cpp's own greedy decoding writes."""
+    from agent.llm import lookup
+
+    _installed("smollm2-135m")
+    plain = make_chat_model(LLMConfig(model="smollm2-135m", max_tokens=40, n_ctx=1024, prompt_lookup=0,
+                                      prompt_states=False))
+    own = make_chat_model(LLMConfig(model="smollm2-135m", max_tokens=40, n_ctx=1024, prompt_states=False))
+    monkeypatch.setattr(lookup, "find_draft", lambda *args, **kwargs: [])
+    passes = []
+    real_stream = lookup.LookupLlama._stream
+
+    def counted(self, *args, **kwargs):
+        yield from real_stream(self, *args, **kwargs)
+        passes.append(self.stats["passes"])
+
+    monkeypatch.setattr(lookup.LookupLlama, "_stream", counted)
+    for question, stop in (("Name three colours.", None), ("Count from 1 to 10, separated by commas.", ["6"]),
+                           ("Write a long story about a fox.", None)):
+        for chat in (plain, own):  # each answer after the same cached prompt prefix
+            chat.llama.reset()
+            chat.invoke(question, stop=stop)
+        expected = plain.invoke(question, stop=stop)
+        got = own.invoke(question, stop=stop)
+        assert got.content == expected.content, question
+        assert got.response_metadata["finish_reason"] == expected.response_metadata["finish_reason"]
+    assert len(passes) == 6 and all(p > 1 for p in passes)  # the loop, not llama.cpp's, answered
+
+
+@pytest.mark.slow
+def test_prompt_lookup_confirms_copied_tokens_in_fewer_passes(monkeypatch):
+    from agent.llm import lookup
+
+    _installed("smollm2-135m")
+    made = []
+    real_init = lookup.LookupLlama.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(lookup.LookupLlama, "__init__", spy)
+    line = "ok = lc.within_references(observed, references, lambda s: max(lc.lengths(s, 'p1'), default=0))"
+    chat = make_chat_model(LLMConfig(model="smollm2-135m", max_tokens=120, n_ctx=1024, prompt_states=False))
+    reply = chat.invoke(f"Copy this Python line exactly, three times, one per line:\n{line}")
+    assert line in reply.content
+    stats = made[-1].stats
+    # every pass kept one token or more; copying kept several per pass
+    assert stats["tokens"] >= 2 * (stats["passes"] - 1), stats
+    # sampling (temperature > 0) is never guessed: it goes to llama.cpp unchanged
+    made.clear()
+    make_chat_model(LLMConfig(model="smollm2-135m", max_tokens=8, n_ctx=1024, temperature=0.7,
+                              prompt_states=False)).invoke("Name a colour.")
+    assert made == [] or made[-1].stats["passes"] == 0
+
 def test_repetition_cut_collapses_a_loop_and_leaves_code_alone():
     from agent.llm.robust import repetition_cut
 

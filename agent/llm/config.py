@@ -44,6 +44,10 @@ class LLMConfig(BaseModel):
     prompt_state_dir: Path | None = Field(
         default=None, description="where prompt states are kept; None: $LOGISCAN_CACHE/prompt-states or "
                                   "~/.cache/logiscan/prompt-states")
+    prompt_lookup: int = Field(
+        default=6, ge=0, le=32,
+        description="llama.cpp: greedy answers guess up to this many tokens per pass from the prompt and keep "
+                    "those the model confirms (agent.llm.lookup; the answer stays the greedy one); 0: off")
     device_map: str = "auto"
     dtype: str = "bfloat16"
 
@@ -148,7 +152,7 @@ def _build(config: LLMConfig) -> BaseChatModel:
             model_path=str(path), model_name=name, n_ctx=config.n_ctx, n_threads=config.n_threads,
             seed=config.seed, temperature=config.temperature, max_tokens=config.max_tokens,
             timeout_s=config.timeout_s, max_repeated_lines=config.max_repeated_lines,
-            prompt_state_dir=_prompt_state_dir(config),
+            prompt_state_dir=_prompt_state_dir(config), prompt_lookup=config.prompt_lookup,
         )
     if config.backend == "transformers":
         from .vlm import TransformersVLMChatModel

@@ -29,6 +29,7 @@ from langchain_core.tools import BaseTool
 from pydantic import Field
 
 from .errors import LLMError, LLMTimeoutError
+from .lookup import DEFAULT_DRAFT, LookupLlama
 from .messages import to_text_only_dicts
 from .robust import repetition_cut
 from .toolcalls import forced_tool, openai_tools, tool_names
@@ -270,6 +271,10 @@ class LlamaCppChatModel(BaseChatModel):
     prompt_state_dir: str | None = Field(
         default=None, description="keep prompt prefixes that recur across processes here "
                                   "(agent.llm.prompt_states); None reads every prompt in full")
+    prompt_lookup: int = Field(
+        default=DEFAULT_DRAFT, ge=0, le=32,
+        description="greedy answers guess up to this many tokens per pass from the prompt and keep those "
+                    "the model confirms (agent.llm.lookup); 0 decodes one token per pass")
 
     @property
     def _llm_type(self) -> str:
@@ -341,13 +346,18 @@ class LlamaCppChatModel(BaseChatModel):
                     finish_reason = None
                     cut = None  # where a repetition loop starts, if decoding fell into one
                     store = self._prompt_states()
-                    if store is None:
+                    target = llama
+                    if self.prompt_lookup > 0 and temperature == 0:
+                        target = LookupLlama(llama, self.prompt_lookup, prepare=store and store.prepare)
+                    elif store is not None:
+                        target = _PreparedLlama(llama, store)
+                    if target is llama:
                         stream = llama.create_chat_completion(messages=payload, seed=seed, stream=True, **common)
                     else:
                         # Llama's own method on the wrapper: the same handler and defaults, with
                         # the wrapper's create_completion reading the prompt's tokens
                         stream = type(llama).create_chat_completion(
-                            _PreparedLlama(llama, store), messages=payload, seed=seed, stream=True, **common)
+                            target, messages=payload, seed=seed, stream=True, **common)
                     try:
                         for chunk in stream:
                             choice = chunk["choices"][0]
