@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from . import weights
 from .errors import LLMError
+from .lookup import DEFAULT_DRAFT
 
 Backend = Literal["llamacpp", "transformers", "openai"]
 
@@ -45,9 +46,10 @@ class LLMConfig(BaseModel):
         default=None, description="where prompt states are kept; None: $LOGISCAN_CACHE/prompt-states or "
                                   "~/.cache/logiscan/prompt-states")
     prompt_lookup: int = Field(
-        default=6, ge=0, le=32,
+        default=DEFAULT_DRAFT, ge=0, le=32,
         description="llama.cpp: greedy answers guess up to this many tokens per pass from the prompt and keep "
-                    "those the model confirms (agent.llm.lookup; the answer stays the greedy one); 0: off")
+                    "those the model confirms (agent.llm.lookup: fewer passes over the weights; a batched "
+                    "pass can tip a near-tie, as a cached prefix can); 0: off")
     device_map: str = "auto"
     dtype: str = "bfloat16"
 
