@@ -159,7 +159,6 @@ def test_llamacpp_honours_stop(smol):
     assert reply.usage_metadata["output_tokens"] < 16
 
 
-
 def test_prompt_lookup_guesses_what_followed_the_latest_match():
     import numpy as np
     from agent.llm.lookup import find_draft
