@@ -46,7 +46,11 @@ def main() -> int:
     args = ap.parse_args()
     cache = Path(tempfile.gettempdir()) / "logiscan-bench-generation"
     shutil.rmtree(cache / "programs", ignore_errors=True)
-    llm = {**({"prompt_states": False} if args.cold_prompts else {}), **({"prompt_lookup": 0} if args.no_lookup else {})}
+    llm = {}
+    if args.cold_prompts:
+        llm["prompt_states"] = False
+    if args.no_lookup:
+        llm["prompt_lookup"] = 0
     agent = Agent(AgentConfig(cache_dir=cache, llm=llm or None))
 
     gen = SynthGenerator(args.category, seed=SEED, scale=SCALE)
