@@ -235,24 +235,6 @@ class _BoundedLlama:
         return getattr(self._llama, name)
 
 
-class _PreparedLlama:
-    """A ``Llama`` that brings a saved prefix of each prompt into its context before reading it
-    (``PromptStateStore``). The chat handler formats the messages and calls ``create_completion``
-    with the prompt's tokens: this is where they are known."""
-
-    def __init__(self, llama: Any, store: Any):
-        self._llama = llama
-        self._store = store
-
-    def create_completion(self, prompt: Any = None, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-            self._store.prepare(self._llama, prompt)
-        return self._llama.create_completion(prompt, *args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._llama, name)
-
-
 class LlamaCppChatModel(BaseChatModel):
     """Chat model on a local GGUF file through llama.cpp."""
 
@@ -346,16 +328,13 @@ class LlamaCppChatModel(BaseChatModel):
                     finish_reason = None
                     cut = None  # where a repetition loop starts, if decoding fell into one
                     store = self._prompt_states()
-                    target = llama
-                    if self.prompt_lookup > 0 and temperature == 0:
-                        target = LookupLlama(llama, self.prompt_lookup, prepare=store and store.prepare)
-                    elif store is not None:
-                        target = _PreparedLlama(llama, store)
-                    if target is llama:
+                    if store is None and self.prompt_lookup == 0:
                         stream = llama.create_chat_completion(messages=payload, seed=seed, stream=True, **common)
                     else:
                         # Llama's own method on the wrapper: the same handler and defaults, with
-                        # the wrapper's create_completion reading the prompt's tokens
+                        # the wrapper's create_completion reading the prompt's tokens (it brings a
+                        # saved prefix in, and decodes greedy answers with prompt lookup)
+                        target = LookupLlama(llama, self.prompt_lookup, prepare=store.prepare if store else None)
                         stream = type(llama).create_chat_completion(
                             target, messages=payload, seed=seed, stream=True, **common)
                     try:

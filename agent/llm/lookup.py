@@ -60,11 +60,13 @@ def find_draft(tokens: np.ndarray, n_draft: int, max_ngram: int = MAX_NGRAM) -> 
 
 class LookupLlama:
     """A ``Llama`` whose greedy streamed completions use prompt lookup (``n_draft`` guessed
-    tokens at most per pass). ``prepare(llama, prompt_tokens)``, if given, runs first on every
-    completion (the prompt-state store bringing a saved prefix into the context).
+    tokens at most per pass; 0: none). ``prepare(llama, prompt_tokens)``, if given, runs first on
+    every completion: the prompt-state store brings a saved prefix into the context. The chat
+    handler formats the messages and calls ``create_completion`` with the prompt's tokens, so this
+    is where they are known.
 
-    Other completions (sampling, grammars, logits processors, logprobs, not streamed) go to the
-    model unchanged.
+    Other completions (sampling, grammars, logits processors, logprobs, not streamed, or all of
+    them with ``n_draft`` 0) go to the model unchanged.
     """
 
     def __init__(self, llama: Any, n_draft: int, prepare: Callable[[Any, list[int]], Any] | None = None):
