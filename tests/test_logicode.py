@@ -386,6 +386,44 @@ def test_a_repair_gets_the_rest_of_the_budget_as_its_time_limit(monkeypatch, rep
         assert program.model_failed and "the language model failed" in r1.problems[-1]
 
 
+def test_a_repair_leaves_time_within_the_budget_to_validate_its_answer(monkeypatch):
+    """Validation runs the answer in the sandbox, and that takes time too: a fake clock moved by
+    the model and by validation (2 s each). r1 takes 20 + 2 s and is wrong, r2 10 + 2 s: 21 s of
+    the 55 s budget are left, so r1's repair gets 21 - 2 = 19 s. A repair that needs 20 s is
+    cut there, and the rule set ends within its budget instead of 1 s past it."""
+    import agent.logicode as logicode
+
+    clock = [0.0]
+    monkeypatch.setattr(logicode.time, "perf_counter", lambda: clock[0])
+    validate = LogiCodeGenerator._validate
+
+    def slow_validation(self, *args, **kwargs):
+        clock[0] += 2.0
+        return validate(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogiCodeGenerator, "_validate", slow_validation)
+    wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
+    model = ScriptedModel({"r1": [wrong, GOOD_R1], "r2": [GOOD_R2]})
+    durations = iter([20.0, 10.0, 20.0])
+    limits = []
+
+    def timed(messages, attempt=0, timeout_s=None):
+        limits.append(timeout_s)
+        took = next(durations)
+        if timeout_s is not None and took > timeout_s:
+            clock[0] += timeout_s
+            raise TimeoutError(f"did not finish within {timeout_s:g} s")
+        clock[0] += took
+        return model(messages, attempt)
+
+    generator = LogiCodeGenerator(timed, run=sandbox.run_program, check_source=sandbox.check_source,
+                                  api_reference=sandbox.API_REFERENCE, repair_rounds=3, budget_s=55.0)
+    program = generator.generate(RULES, parts_table=PARTS, reference_scenes=REFS[:2], key="k", model_id="fake")
+    assert limits == [None, None, 19.0]
+    assert program.functions[0].problems[-1] == BUDGET_SPENT
+    assert program.generation_seconds == 53.0
+
+
 def test_model_failure_is_recorded_not_raised():
     model = ScriptedModel([TimeoutError("generation took longer than 120 s"), GOOD_R2])
     program = _generate(model)
