@@ -245,7 +245,18 @@ def color_name(rgb: Any) -> str:
     this function), so a word a program computes always matches the words in the scene.
     Everyday words, not a colour-science scale: they are what rules say ("yellow cable").
     """
-    r, g, b = (min(max(float(v), 0.0), 255.0) / 255.0 for v in list(rgb)[:3])
+    # A small model often passes a colour word (a part's 'color_name') here; the error it gets
+    # back goes into its repair request, so it says what to pass instead.
+    if isinstance(rgb, str):
+        raise TypeError(f"lc.color_name takes an (r, g, b) colour such as a component's 'color_rgb', not the "
+                        f"text {rgb!r}: a part's or component's 'color_name' already is the colour word")
+    try:
+        values = [float(v) for v in list(rgb)[:3]]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 3:
+        raise TypeError(f"lc.color_name takes an (r, g, b) colour of three numbers 0-255, got {rgb!r}")
+    r, g, b = (min(max(v, 0.0), 255.0) / 255.0 for v in values)
     h, s, v = colorsys.rgb_to_hsv(r, g, b)
     hue = h * 360.0
     if v < 0.16:

@@ -556,6 +556,17 @@ def test_color_name_palette(rgb, name):
     assert parser_color_name(rgb) == name  # programs and scenes share one vocabulary
 
 
+def test_color_name_says_what_to_pass_instead_of_a_colour_word():
+    # the message goes back to the model in its repair request
+    with pytest.raises(TypeError, match="not the text 'yellow'.*'color_name' already is the colour word"):
+        lc.color_name("yellow")
+    with pytest.raises(TypeError, match="three numbers"):
+        lc.color_name((12, 40))
+    with pytest.raises(TypeError, match="three numbers"):
+        lc.color_name(["r", "g", "b"])
+    assert lc.color_name(np.array([240, 230, 40])) == "yellow"
+
+
 def test_relative_position():
     assert lc.relative_position([0, 0, 10, 10], [20, 0, 30, 10]) == "left of"
     assert lc.relative_position([20, 0, 30, 10], [0, 0, 10, 10]) == "right of"
