@@ -245,8 +245,8 @@ def color_name(rgb: Any) -> str:
     this function), so a word a program computes always matches the words in the scene.
     Everyday words, not a colour-science scale: they are what rules say ("yellow cable").
     """
-    # A small model often passes a colour word (a part's 'color_name') here; the error it gets
-    # back goes into its repair request, so it says what to pass instead.
+    # The CPU default model has passed a colour word (a part's 'color_name') here; the error it
+    # gets back goes into its repair request, so it says what to pass instead.
     if isinstance(rgb, str):
         raise TypeError(f"lc.color_name takes an (r, g, b) colour such as a component's 'color_rgb', not the "
                         f"text {rgb!r}: a part's or component's 'color_name' already is the colour word")
