@@ -326,6 +326,36 @@ def test_a_repair_hands_the_rest_of_the_generation_budget_to_the_backend():
                              {"timeout_s": 42, "temperature": 0.7, "seed": 2}]
 
 
+def test_the_generation_budget_covers_the_whole_wait_for_a_program(screw_bag, tmp_path, monkeypatch):
+    """The parses of the references' altered copies run before the model is asked: the budget the
+    generator gets is what is left of generation_budget_s after them (a fake clock they move by 5 s)."""
+    import agent.core as core
+    from agent.logicode import LogiCodeGenerator
+
+    _, refs = screw_bag
+    agent = Agent(AgentConfig(cache_dir=tmp_path, generation_budget_s=60), chat_model=CountingModel(),
+                  model_id="counting-fake")
+    parse_copies = core.Agent._variant_scenes
+    clock = [0.0]
+
+    def slow_copies(ctx):
+        clock[0] += 5.0
+        return parse_copies(ctx)
+
+    budgets = []
+    generate = LogiCodeGenerator.generate
+
+    def recording(self, *args, **kwargs):
+        budgets.append(self.budget_s)
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(core.Agent, "_variant_scenes", staticmethod(slow_copies))
+    monkeypatch.setattr(LogiCodeGenerator, "generate", recording)
+    monkeypatch.setattr(core.time, "perf_counter", lambda: clock[0])
+    ctx = agent.prepare(category="screw_bag", references=refs)
+    assert budgets == [55.0] and ctx.program is not None
+
+
 def test_a_prepared_context_ships_to_another_process_as_files_and_data(agent, screw_bag, tmp_path):
     import pickle
 
