@@ -343,22 +343,24 @@ def test_no_repair_round_starts_once_the_generation_budget_is_spent():
     assert "violated on normal reference image(s)" in program.unavailable["r1"]
 
 
-@pytest.mark.parametrize("repair_s, model_limit_s, outcome", [
-    (20.0, None, "fixed"),     # the repair fits in what is left
-    (40.0, None, "cut"),       # it runs to the budget's end: cut there, the budget is spent
-    (40.0, 22.0, "failed"),    # the model's own, shorter limit: a model failure
-])
-def test_a_repair_gets_the_rest_of_the_budget_as_its_time_limit(monkeypatch, repair_s, model_limit_s, outcome):
-    """A fake clock that only the model moves: r1's first attempt takes 20 s and is wrong, r2's
-    takes 10 s. 25 s of the 55 s budget are left, more than the mean attempt, so r1's repair
-    starts, with those 25 s as its time limit."""
+def _generate_on_a_fake_clock(monkeypatch, durations, *, model_limit_s=None, validation_s=0.0):
+    """Generate r1 (first answer wrong, then right) and r2 (right) with a 55 s budget on a fake
+    clock that only the model calls (``durations``, in order) and validations (``validation_s``
+    each) move. Returns the program and the time limit each model call was given."""
     import agent.logicode as logicode
 
     clock = [0.0]
     monkeypatch.setattr(logicode.time, "perf_counter", lambda: clock[0])
+    validate = LogiCodeGenerator._validate
+
+    def timed_validation(self, *args, **kwargs):
+        clock[0] += validation_s
+        return validate(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogiCodeGenerator, "_validate", timed_validation)
     wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
     model = ScriptedModel({"r1": [wrong, GOOD_R1], "r2": [GOOD_R2]})
-    durations = iter([20.0, 10.0, repair_s])
+    durations = iter(durations)
     limits = []
 
     def timed(messages, attempt=0, timeout_s=None):
@@ -374,6 +376,19 @@ def test_a_repair_gets_the_rest_of_the_budget_as_its_time_limit(monkeypatch, rep
     generator = LogiCodeGenerator(timed, run=sandbox.run_program, check_source=sandbox.check_source,
                                   api_reference=sandbox.API_REFERENCE, repair_rounds=3, budget_s=55.0)
     program = generator.generate(RULES, parts_table=PARTS, reference_scenes=REFS[:2], key="k", model_id="fake")
+    return program, limits
+
+
+@pytest.mark.parametrize("repair_s, model_limit_s, outcome", [
+    (20.0, None, "fixed"),     # the repair fits in what is left
+    (40.0, None, "cut"),       # it runs to the budget's end: cut there, the budget is spent
+    (40.0, 22.0, "failed"),    # the model's own, shorter limit: a model failure
+])
+def test_a_repair_gets_the_rest_of_the_budget_as_its_time_limit(monkeypatch, repair_s, model_limit_s, outcome):
+    """A fake clock that only the model moves: r1's first attempt takes 20 s and is wrong, r2's
+    takes 10 s. 25 s of the 55 s budget are left, more than the mean attempt, so r1's repair
+    starts, with those 25 s as its time limit."""
+    program, limits = _generate_on_a_fake_clock(monkeypatch, [20.0, 10.0, repair_s], model_limit_s=model_limit_s)
     r1 = program.functions[0]
     assert limits == [None, None, 25.0]  # first attempts run unbounded by the budget
     if outcome == "fixed":
@@ -391,34 +406,7 @@ def test_a_repair_leaves_time_within_the_budget_to_validate_its_answer(monkeypat
     the model and by validation (2 s each). r1 takes 20 + 2 s and is wrong, r2 10 + 2 s: 21 s of
     the 55 s budget are left, so r1's repair gets 21 - 2 = 19 s. A repair that needs 20 s is
     cut there, and the rule set ends within its budget instead of 1 s past it."""
-    import agent.logicode as logicode
-
-    clock = [0.0]
-    monkeypatch.setattr(logicode.time, "perf_counter", lambda: clock[0])
-    validate = LogiCodeGenerator._validate
-
-    def slow_validation(self, *args, **kwargs):
-        clock[0] += 2.0
-        return validate(self, *args, **kwargs)
-
-    monkeypatch.setattr(LogiCodeGenerator, "_validate", slow_validation)
-    wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
-    model = ScriptedModel({"r1": [wrong, GOOD_R1], "r2": [GOOD_R2]})
-    durations = iter([20.0, 10.0, 20.0])
-    limits = []
-
-    def timed(messages, attempt=0, timeout_s=None):
-        limits.append(timeout_s)
-        took = next(durations)
-        if timeout_s is not None and took > timeout_s:
-            clock[0] += timeout_s
-            raise TimeoutError(f"did not finish within {timeout_s:g} s")
-        clock[0] += took
-        return model(messages, attempt)
-
-    generator = LogiCodeGenerator(timed, run=sandbox.run_program, check_source=sandbox.check_source,
-                                  api_reference=sandbox.API_REFERENCE, repair_rounds=3, budget_s=55.0)
-    program = generator.generate(RULES, parts_table=PARTS, reference_scenes=REFS[:2], key="k", model_id="fake")
+    program, limits = _generate_on_a_fake_clock(monkeypatch, [20.0, 10.0, 20.0], validation_s=2.0)
     assert limits == [None, None, 19.0]
     assert program.functions[0].problems[-1] == BUDGET_SPENT
     assert program.generation_seconds == 53.0
