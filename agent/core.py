@@ -297,7 +297,7 @@ class Agent:
             self._chat,
             run=self._run_sandboxed,
             check_source=sandbox.check_source,
-            api_reference=sandbox.API_REFERENCE,
+            api_reference=sandbox.SCENE_API_REFERENCE,
             repair_rounds=self.config.repair_rounds,
             budget_s=self.config.generation_budget_s,
             ground_rules=self.config.link_evidence_to_rules,

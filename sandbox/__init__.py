@@ -13,12 +13,12 @@ JSON-only, size-bounded results.
 Programs import the helper module ``logicode`` (:mod:`sandbox.logicode`).
 """
 
-from sandbox.logicode import API_REFERENCE, API_VERSION
+from sandbox.logicode import API_REFERENCE, API_VERSION, SCENE_API_REFERENCE
 from sandbox.errors import SandboxError
 from sandbox.runner import RunResult, isolation_layers, run_program, shutdown
 from sandbox.static_check import Problem, check_source
 
 __all__ = [
     "run_program", "RunResult", "check_source", "Problem", "SandboxError",
-    "API_VERSION", "API_REFERENCE", "isolation_layers", "shutdown",
+    "API_VERSION", "API_REFERENCE", "SCENE_API_REFERENCE", "isolation_layers", "shutdown",
 ]

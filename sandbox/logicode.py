@@ -22,10 +22,13 @@ from scipy import ndimage
 API_VERSION = "4"  # 2: lc.color_name uses the scene parser's colour words; 3: lc.calibrated;
 # 4: lc.finding takes a description given as evidence into the explanation; the mask helpers refuse a scene
 
-API_REFERENCE = """\
+#: the helpers a check of a parsed scene can use: what the agent's prompt lists. The scene a check
+#: receives is plain data without pixel masks, so the mask helpers below would only mislead a
+#: model (the CPU default model called them on the scene, and its first attempt was lost).
+SCENE_API_REFERENCE = """\
 lc.part(scene, name) -> part dict {id,name,description,color_name,count,total_area,ref_count,ref_area}; name = id like "p2" or a name, case-insensitive
 lc.parts_like(scene, color=None, name=None) -> list of part dicts with that colour name and/or a name containing `name`
-lc.components(scene, part=None, where=None) -> list of component dicts {id,part,area,centroid_rel,bbox,major_axis,color_name,horizontal,vertical,grid_cell}
+lc.components(scene, part=None, where=None) -> list of component dicts {id,part,area,centroid_rel,bbox,major_axis,color_name,color_rgb,horizontal,vertical,grid_cell}
    part: id/name or None for all parts; where: "left","right","top","bottom","center","middle","top left","bottom right",... of the product
 lc.count(scene, part=None, where=None) -> int, number of components
 lc.areas(scene, part=None, where=None) -> list of areas in pixels;  lc.total_area(...) -> float, their sum
@@ -38,11 +41,18 @@ lc.within_references(value, references, fn, tolerance=0.1, stds=2.0) -> bool, va
 lc.grid_counts(scene, part=None) -> {"(r,c)": count} for every grid cell ({} when the product has no grid)
 lc.color_name(rgb) -> the scene's colour words: red, dark red, orange, brown, beige, yellow, olive, green, cyan, blue, purple, pink, white, gray, dark gray, black
 lc.relative_position(box_a, box_b) -> "left of", "right of", "above", "below" or "overlapping" (a relative to b)
-lc.count_components(mask, min_area=1) -> int, 8-connected components of a 2-D numpy mask
-lc.component_areas(mask, min_area=1) -> list of component areas;  lc.centroids(mask, min_area=1) -> list of [x, y]
 lc.finding(rule_id, passed, observed, expected, explanation="", evidence=None) -> the finding dict to return
    evidence: a list of boxes or component dicts (their bbox is used)
 """
+
+#: helpers for programs that are given pixel masks (a user's own program on their own data)
+MASK_API_REFERENCE = """\
+lc.count_components(mask, min_area=1) -> int, 8-connected components of a 2-D numpy mask
+lc.component_areas(mask, min_area=1) -> list of component areas;  lc.centroids(mask, min_area=1) -> list of [x, y]
+"""
+
+#: every helper of the module
+API_REFERENCE = SCENE_API_REFERENCE + MASK_API_REFERENCE
 
 PALETTE = ("red", "dark red", "orange", "brown", "beige", "yellow", "olive", "green", "cyan", "blue", "purple", "pink",
            "white", "gray", "dark gray", "black")
@@ -457,7 +467,7 @@ def calibrated(
 
 
 __all__ = [
-    "API_VERSION", "API_REFERENCE", "PALETTE", "part", "parts_like", "components", "count", "areas",
+    "API_VERSION", "API_REFERENCE", "SCENE_API_REFERENCE", "MASK_API_REFERENCE", "PALETTE", "part", "parts_like", "components", "count", "areas",
     "total_area", "lengths", "colors", "boxes", "positions", "grid_counts", "ref_values", "typical",
     "within_references", "color_name", "relative_position", "count_components", "component_areas",
     "centroids", "finding", "calibrated",

@@ -89,6 +89,30 @@ def test_checks_are_also_validated_on_altered_copies_of_the_references(tmp_path,
     assert ctx.program.checked_rule_ids == ["r1", "r2"]
 
 
+class RecordingModel(CountingModel):
+    """A CountingModel that keeps the text of every request."""
+
+    requests: list = []
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        self.requests.append("\n".join(str(m.content) for m in messages))
+        return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+
+def test_the_request_lists_the_scene_helpers_and_not_the_mask_helpers(tmp_path):
+    # the check receives a parsed scene: helpers for pixel masks would only mislead the model
+    from tests.test_layout import tray
+
+    model = RecordingModel(requests=[])
+    config = AgentConfig(cache_dir=tmp_path, perception={"structural": False})
+    Agent(config, chat_model=model, model_id="recording-fake").prepare(
+        rules=TRAY_RULES, references=[tray(s) for s in range(3)])
+    assert len(model.requests) == 2  # one request per rule, both checks valid at once
+    for text in model.requests:
+        assert "lc.count(scene" in text and "lc.components(scene" in text and "color_rgb" in text
+        assert "lc.count_components(" not in text and "lc.centroids(" not in text
+
+
 def test_an_advisory_check_names_its_rule_in_an_anomalous_verdict_and_decides_nothing(tmp_path, monkeypatch):
     # copies of the references that lose a part stand in for a parse that wanders: the count
     # check passes the references, fails the copies, and is kept as advisory

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import sandbox
-from sandbox import API_REFERENCE, API_VERSION, RunResult, SandboxError, check_source, run_program
+from sandbox import API_REFERENCE, API_VERSION, SCENE_API_REFERENCE, RunResult, SandboxError, check_source, run_program
 from sandbox import logicode as lc
 
 VALID_KINDS = {None, "rejected", "timeout", "memory", "runtime_error", "output_too_large", "crashed"}
@@ -447,9 +447,23 @@ def test_api_reference_is_short_and_names_every_helper():
     assert API_VERSION == "4"
     assert len(lines) <= 40
     # lc.calibrated is written by the agent around a model's check, never by the model
-    for name in lc.__all__:
-        if name not in ("API_VERSION", "API_REFERENCE", "PALETTE", "calibrated"):
-            assert f"lc.{name}(" in API_REFERENCE, name
+    helpers = [n for n in lc.__all__ if not n.isupper() and not n.endswith("_API_REFERENCE") and n != "calibrated"]
+    assert "count" in helpers and "count_components" in helpers
+    for name in helpers:
+        assert f"lc.{name}(" in API_REFERENCE, name
+
+
+def test_the_scene_reference_leaves_out_the_mask_helpers():
+    # a check receives a parsed scene, never a mask: the prompt's reference lists what applies
+    mask_helpers = ("count_components", "component_areas", "centroids")
+    for name in mask_helpers:
+        assert f"lc.{name}(" not in SCENE_API_REFERENCE, name
+        assert f"lc.{name}(" in API_REFERENCE, name
+    for name in ("part", "components", "count", "lengths", "positions", "finding", "color_name"):
+        assert f"lc.{name}(" in SCENE_API_REFERENCE, name
+    assert "color_rgb" in SCENE_API_REFERENCE  # what lc.color_name's error message points to
+    # the sandbox still lets a program call the mask helpers (a user's own program on masks)
+    assert check_source("import logicode as lc\nn = lc.count_components([[1]])\n") == []
 
 
 def test_part_lookup_by_id_name_and_errors():
