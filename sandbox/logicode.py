@@ -24,11 +24,13 @@ API_VERSION = "4"  # 2: lc.color_name uses the scene parser's colour words; 3: l
 
 #: the helpers a check of a parsed scene can use: what the agent's prompt lists. The scene a check
 #: receives is plain data without pixel masks, so the mask helpers below would only mislead a
-#: model (the CPU default model called them on the scene, and its first attempt was lost).
+#: model (the CPU default model called them on the scene, and its first attempt was lost). The
+#: components' ``color_rgb`` stays unlisted: listed, it led the model to a check of "the first
+#: component's colour" that passed the references and misfired on normal splicing connectors.
 SCENE_API_REFERENCE = """\
 lc.part(scene, name) -> part dict {id,name,description,color_name,count,total_area,ref_count,ref_area}; name = id like "p2" or a name, case-insensitive
 lc.parts_like(scene, color=None, name=None) -> list of part dicts with that colour name and/or a name containing `name`
-lc.components(scene, part=None, where=None) -> list of component dicts {id,part,area,centroid_rel,bbox,major_axis,color_name,color_rgb,horizontal,vertical,grid_cell}
+lc.components(scene, part=None, where=None) -> list of component dicts {id,part,area,centroid_rel,bbox,major_axis,color_name,horizontal,vertical,grid_cell}
    part: id/name or None for all parts; where: "left","right","top","bottom","center","middle","top left","bottom right",... of the product
 lc.count(scene, part=None, where=None) -> int, number of components
 lc.areas(scene, part=None, where=None) -> list of areas in pixels;  lc.total_area(...) -> float, their sum

@@ -109,7 +109,7 @@ def test_the_request_lists_the_scene_helpers_and_not_the_mask_helpers(tmp_path):
         rules=TRAY_RULES, references=[tray(s) for s in range(3)])
     assert len(model.requests) == 2  # one request per rule, both checks valid at once
     for text in model.requests:
-        assert "lc.count(scene" in text and "lc.components(scene" in text and "color_rgb" in text
+        assert "lc.count(scene" in text and "lc.components(scene" in text
         assert "lc.count_components(" not in text and "lc.centroids(" not in text
 
 

@@ -461,7 +461,6 @@ def test_the_scene_reference_leaves_out_the_mask_helpers():
         assert f"lc.{name}(" in API_REFERENCE, name
     for name in ("part", "components", "count", "lengths", "positions", "finding", "color_name"):
         assert f"lc.{name}(" in SCENE_API_REFERENCE, name
-    assert "color_rgb" in SCENE_API_REFERENCE  # what lc.color_name's error message points to
     # the sandbox still lets a program call the mask helpers (a user's own program on masks)
     assert check_source("import logicode as lc\nn = lc.count_components([[1]])\n") == []
 
