@@ -200,7 +200,7 @@ class _Checker(ast.NodeVisitor):
 def _logicode_helpers() -> tuple[str, ...]:
     from sandbox import logicode
 
-    return tuple(n for n in logicode.__all__ if not (n.isupper() or n.endswith("_API_REFERENCE")))
+    return tuple(n for n in logicode.__all__ if not n.isupper())  # the constants are no helpers
 
 
 def _parse(source: str) -> tuple[Optional[ast.Module], list[Problem]]:
