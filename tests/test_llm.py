@@ -493,6 +493,29 @@ def test_a_broken_prompt_state_is_removed_and_the_prompt_read_in_full(smol, tmp_
     assert reply.content.strip()
 
 
+def test_prompt_state_eviction_keeps_the_prefix_that_other_states_continue(tmp_path):
+    """The helper reference that every request shares is loaded less often than each product's
+    longer state (only the longest prefix is loaded), yet it is the one worth keeping."""
+    import os
+
+    import numpy as np
+
+    from agent.llm.prompt_states import PromptStateStore
+
+    header = list(range(300))
+    states = {"header": header, "box": header + [1000] * 50, "bottle": header + [2000] * 50,
+              "bag": header + [3000] * 50, "other": [7] * 400}
+    for age, (name, tokens) in enumerate(states.items()):  # "header" oldest, "other" newest
+        np.save(tmp_path / f"model-state-{name}.npy", np.asarray(tokens, np.int32))
+        (tmp_path / f"model-state-{name}.state").write_bytes(b"kv")
+        for suffix in (".npy", ".state"):
+            os.utime(tmp_path / f"model-state-{name}{suffix}", (1_000_000 + age, 1_000_000 + age))
+    PromptStateStore(tmp_path, "model", max_states=3)._prune("state", 3)
+    kept = sorted(p.stem.split("-")[-1] for p in tmp_path.glob("model-state-*.npy"))
+    assert kept == ["bag", "header", "other"]  # the least recently used leaves went first
+    assert sorted(p.stem.split("-")[-1] for p in tmp_path.glob("model-state-*.state")) == kept
+
+
 def test_prompt_states_are_on_by_default_and_can_be_turned_off(tmp_path, monkeypatch):
     from agent.llm.config import _prompt_state_dir
 
