@@ -73,7 +73,8 @@ _STOP_NOTES = (REPEATED_ANSWER, BUDGET_SPENT)
 #: 3: a check that passes the references but not their copies is kept as advisory
 #: 4: a check must be able to fail: on counterfactual copies of a reference (``_vacuous``)
 #: 5: ... and its observed value must change on them
-VALIDATION_VERSION = 5
+#: 6: the references with their components listed in reverse order join the altered copies
+VALIDATION_VERSION = 6
 #: calibration needs a leave-one-out range of at least two references for each reference
 MIN_CALIBRATION_REFERENCES = 3
 SYSTEM_PROMPT = (
@@ -619,13 +620,23 @@ class LogiCodeGenerator:
         On the real juice bottle, a check of the fill level passed on its 4 references and then
         failed or crashed on 7 of 16 other normal bottles; on copies of its references 4 % brighter
         or darker it crashed already. Checks like it flagged normal images with full confidence and cut the
-        agent's AUROC below the detectors' alone."""
+        agent's AUROC below the detectors' alone.
+
+        The references with their components listed in reverse order are judged too: the order of
+        the list means nothing, so a check whose verdict follows "the first component listed"
+        measures an accident of the parse. (This does not catch a first component that happens to
+        be like the others in all the references: the splicing connectors' "colour of the first
+        top component", when the model could read it, passed four references that agreed on it
+        and then misfired on normal images.)"""
+        variants = list(variants) + [{"reference": i, "scene": _reordered(scene)}
+                                     for i, scene in enumerate(references) if len(scene.get("components") or []) > 1]
         if not variants:
             return None
         res = self._run_against_others(source, fname, variants, references)
         if not res.ok:
             return (f"It passes on the normal references but fails on slightly altered copies of them "
-                    f"(brighter, darker, shifted or resampled): {res.error_kind}: {res.error}.")
+                    f"(brighter, darker, shifted, resampled, or with the components listed in another order): "
+                    f"{res.error_kind}: {res.error}.")
         values = res.value if isinstance(res.value, list) else []
         bad = sorted({int(v["reference"]) + 1 for v, out in zip(variants, values)
                       if not (isinstance(out, dict) and out.get("passed") is True)})
@@ -633,9 +644,10 @@ class LogiCodeGenerator:
             return None
         seen = ", ".join(_describe_value(out.get("observed") if isinstance(out, dict) else out) for out in values[:8])
         return (f"It passes on the normal references but reports the rule as violated on slightly altered copies "
-                f"of reference(s) {bad or 'all'} (4 % brighter or darker, shifted by a few pixels, resampled), "
-                f"which show the same product: what it measures is not stable (observed on the copies: {seen}). "
-                "Measure something that small changes of the image do not move.")
+                f"of reference(s) {bad or 'all'} (4 % brighter or darker, shifted by a few pixels, resampled, or "
+                f"with the components listed in another order), which show the same product: what it measures "
+                f"is not stable (observed on the copies: {seen}). Measure something that small changes of the "
+                "image do not move, over all components of a part rather than the first one listed.")
 
     def _vacuous(self, source: str, fname: str, references: list[dict]) -> Optional[str]:
         """Why ``source`` checks nothing, or None when it can fail. It runs on the counterfactual
@@ -791,6 +803,11 @@ def counterfactual_scenes(scene: dict) -> list[dict]:
             _edited(scene, part, _recoloured),
         ]
     return out
+
+
+def _reordered(scene: dict) -> dict:
+    """The same scene with its components listed in reverse order: nothing a rule speaks of changes."""
+    return {**scene, "components": list(reversed(scene.get("components") or []))}
 
 
 def _own_copies(references: list[dict]) -> list[dict]:

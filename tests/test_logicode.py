@@ -250,6 +250,28 @@ def test_a_check_that_crashes_on_an_altered_copy_is_rejected():
     assert _generate(model, rounds=0).functions[0].ok
 
 
+def test_a_check_that_reads_the_first_component_listed_is_not_validated():
+    # Four references agreed on "the colour of the first component" of the splicing connectors'
+    # part, and other normal images did not: the order of the list means nothing.
+    refs = [_scene(3) for _ in range(3)]
+    for ref in refs:
+        ref["components"][-1]["color_name"] = "blue"
+    first_colour = ("```python\ndef check_r1(scene, references):\n"
+                    "    colour = lc.components(scene, 'p1')[0]['color_name']\n"
+                    "    return lc.finding('r1', colour == 'yellow', colour, 'yellow', 'colour of the pins')\n```")
+    model = ScriptedModel({"r1": [first_colour], "r2": [GOOD_R2]})
+    program = _generate(model, rounds=0, refs=refs)
+    r1, r2 = program.functions
+    assert not r1.ok and r1.advisory and "listed in another order" in r1.problems[0]
+    assert 'observed on the copies: "blue", "blue", "blue"' in r1.problems[0]
+    assert r2.ok  # a measurement over every component does not depend on the order
+    # a check that reads every component's colour is validated on the same references
+    all_colours = ("```python\ndef check_r1(scene, references):\n"
+                   "    n = lc.colors(scene, 'p1').count('yellow')\n"
+                   "    return lc.finding('r1', n == 2, n, 2, 'yellow pins')\n```")
+    assert _generate(ScriptedModel({"r1": [all_colours], "r2": [GOOD_R2]}), rounds=0, refs=refs).functions[0].ok
+
+
 def test_an_unstable_check_that_no_repair_fixes_is_kept_as_advisory():
     # it passes the references but not an altered copy: it runs, marked advisory, and the
     # program counts it as no validated check
