@@ -251,8 +251,8 @@ def test_a_check_that_crashes_on_an_altered_copy_is_rejected():
 
 
 def test_a_check_that_reads_the_first_component_listed_is_not_validated():
-    # Four references agreed on "the colour of the first component" of the splicing connectors'
-    # part, and other normal images did not: the order of the list means nothing.
+    # A verdict that follows "the first component listed" follows the parse's order, which means
+    # nothing: here each reference lists one blue pin last, so the reversed lists read blue first.
     refs = [_scene(3) for _ in range(3)]
     for ref in refs:
         ref["components"][-1]["color_name"] = "blue"
