@@ -82,6 +82,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def kind_auroc(rows, kind: str, column: int) -> float:
+    """AUROC of the good images against those of ``kind``, on the score in ``column`` of the rows."""
+    good = [row[column] for row in rows if row[0] == "good"]
+    bad = [row[column] for row in rows if row[0] == kind]
+    return auroc([0] * len(good) + [1] * len(bad), good + bad)
+
+
 def detectors_only(agent: Agent, verdict) -> float:
     """The verdict's detector evidence without its rule findings: what the checks are added to."""
     cfg = agent.config.fusion
@@ -120,18 +127,11 @@ def synthetic(agent: Agent, categories, per_kind: int, k: int, scale: float, dum
                     rules_named = named_rules(verdict)
                     named += bool(rules_named)
                     named_right += names_the_anomaly(ctx.rules, rules_named, sample.anomaly_type or "")
-        good = [s for kd, s, _ in rows if kd == "good"]
-        logical = [s for kd, s, _ in rows if kd == "logical"]
-        structural = [s for kd, s, _ in rows if kd == "structural"]
-        good_d = [d for kd, _, d in rows if kd == "good"]
-        logical_d = [d for kd, _, d in rows if kd == "logical"]
-        structural_d = [d for kd, _, d in rows if kd == "structural"]
         per_cat[category] = {
-            "logical_auroc": auroc([0] * len(good) + [1] * len(logical), good + logical),
-            "structural_auroc": auroc([0] * len(good) + [1] * len(structural), good + structural),
-            "detectors_only_logical_auroc": auroc([0] * len(good_d) + [1] * len(logical_d), good_d + logical_d),
-            "detectors_only_structural_auroc": auroc([0] * len(good_d) + [1] * len(structural_d),
-                                                     good_d + structural_d),
+            "logical_auroc": kind_auroc(rows, "logical", column=1),
+            "structural_auroc": kind_auroc(rows, "structural", column=1),
+            "detectors_only_logical_auroc": kind_auroc(rows, "logical", column=2),
+            "detectors_only_structural_auroc": kind_auroc(rows, "structural", column=2),
             "rules_checked_by_code": f"{len(ctx.program.checked_rule_ids) if ctx.program else 0}/{len(ctx.rules.rules)}",
             "program_seconds": round(gen_times[-1], 1),
         }

@@ -115,7 +115,7 @@ class PromptStateStore:
         def continued(path: Path) -> bool:
             mine = tokens[path]
             return mine is not None and any(
-                other is not None and len(other) > len(mine) and _common(mine.tolist(), other.tolist()) == len(mine)
+                other is not None and len(other) > len(mine) and _common(mine, other) == len(mine)
                 for p, other in tokens.items() if p != path)
 
         return sorted(files, key=lambda path: not continued(path))  # stable: by recent use within each
