@@ -63,6 +63,9 @@ class LayoutSettings(BaseModel):
     sigma: Optional[float] = Field(default=None, ge=0)
     calibration_sigmas: Optional[float] = Field(default=None, gt=0)
     max_references: Optional[int] = Field(default=None, ge=1)
+    missing: Optional[bool] = Field(default=None, description="also score what the references show and the "
+                                    "image lacks")
+    missing_top_fraction: Optional[float] = Field(default=None, gt=0, le=1)
 
 
 class PerceptionConfig(BaseModel):

@@ -69,6 +69,28 @@ def test_a_shift_within_the_window_is_no_difference():
     assert tm.top_mean(torch.tensor([[0.0, 1.0], [2.0, 3.0]]), 0.5) == pytest.approx(2.5)
 
 
+def test_what_the_query_lacks_is_seen_only_when_looking_from_the_references():
+    """A part that lies at another place in each reference (a cable's route) and is missing
+    from the query: every query cell shows background that some reference shows there too."""
+    background, part = torch.zeros(4), torch.zeros(4)
+    background[0], part[1] = 1.0, 1.0
+
+    def grid(*part_at: tuple[int, int]) -> torch.Tensor:
+        g = background[:, None, None].repeat(1, 8, 8)
+        for y, x in part_at:
+            g[:, y, x] = part
+        return g
+
+    references = [grid((1, 1)), grid((6, 6))]
+    lacking = grid()
+    assert tm.positional_distances(lacking, references, window=1).max() == 0.0
+    raw, where = tm.missing_distances(lacking, references, window=1, fraction=0.05)
+    assert raw > 0.5 and where.shape == (8, 8) and where.max() == pytest.approx(2.0)
+    # a query that shows the part on one of the references' routes lacks nothing
+    for route in ((1, 1), (6, 6)):
+        assert tm.missing_distances(grid(route), references, window=1, fraction=0.05)[0] == 0.0
+
+
 # -- detector ----------------------------------------------------------------------------
 
 def test_a_missing_part_is_seen_where_it_is_missing(fitted):
@@ -90,6 +112,34 @@ def test_a_moved_part_is_a_layout_anomaly_that_patchcore_accepts(references, fit
     assert fitted.score(moved).score > patchcore.score(moved).score
 
 
+def board(seed: int, cable: bool = True) -> np.ndarray:
+    """Two connectors and a thin cable between them, on one of two routes."""
+    rng = np.random.default_rng(seed)
+    img = np.full((160, 200, 3), (200, 200, 190), np.float64)
+    dy = rng.integers(-3, 4)
+    for x in (30, 170):
+        img[60 + dy:100 + dy, x - 12:x + 12] = (60, 90, 160)
+    if cable:
+        y = (50, 110)[seed % 2] + dy
+        img[y - 2:y + 2, 42:158] = (40, 40, 40)
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_a_missing_cable_is_seen_by_the_missing_direction():
+    references = [board(s) for s in range(4)]
+    both = LayoutDetector(image_size=SIZE, window=1).fit(references)
+    query_only = LayoutDetector(image_size=SIZE, window=1, missing=False).fit(references)
+    assert both.missing and both.get_params()["missing_top_fraction"] == pytest.approx(0.03)
+    assert max(both.score(board(s)).score for s in range(20, 26)) < 0.5
+    for s in range(30, 33):
+        lacking = board(s, cable=False)
+        assert both.score(lacking).score > 0.9
+        assert both.score(lacking).score >= query_only.score(lacking).score
+    # the peak lies on the cable's span between the connectors
+    assert 42 <= both.score(board(30, cable=False)).peak_xy[0] <= 158
+
+
 def test_normal_images_score_below_the_threshold(fitted):
     assert max(fitted.score(tray(s)).score for s in range(20, 26)) < 0.5
 
@@ -108,6 +158,12 @@ def test_save_load_round_trip_gives_identical_scores(fitted, tmp_path):
     (tmp_path / "other").mkdir()
     with pytest.raises(FileNotFoundError, match="not a saved LayoutDetector"):
         LayoutDetector.load(tmp_path / "other")
+    # a state without the missing direction's calibration is refused, not scored half-way
+    state = torch.load(tmp_path / "layout" / "state.pt", weights_only=True)
+    del state["loo_missing"]
+    torch.save(state, tmp_path / "layout" / "state.pt")
+    with pytest.raises(ValueError, match="fit the detector again"):
+        LayoutDetector.load(tmp_path / "layout")
 
 
 def test_shared_features_give_the_same_result(fitted):
@@ -124,6 +180,8 @@ def test_bad_arguments_and_inputs_are_refused(references):
         LayoutDetector(layer="block99")
     with pytest.raises(ValueError, match="window"):
         LayoutDetector(window=-1)
+    with pytest.raises(ValueError, match="missing_top_fraction"):
+        LayoutDetector(missing_top_fraction=0)
     with pytest.raises(ValueError, match="at least 1 normal reference"):
         LayoutDetector(image_size=SIZE).fit([])
     with pytest.raises(TypeError, match="list of reference images"):

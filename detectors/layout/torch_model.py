@@ -5,6 +5,11 @@ patches at (nearly) the same place, within ``window`` grid cells. PatchCore asks
 patch exist anywhere in the references?" and so cannot see an empty compartment, a label
 on the wrong side or a fourth fruit: each of those looks normal *somewhere*. Here, a patch
 must look like what the references show *there*.
+
+That question only sees what the query *adds*: where a part is missing, the query shows the
+background that some reference also shows nearby, and every one of its patches finds a match.
+So the comparison also runs the other way (:func:`missing_distances`): each reference patch
+must find its like in the query, at (nearly) the same place.
 """
 
 from __future__ import annotations
@@ -50,6 +55,25 @@ def positional_distances(query: torch.Tensor, references: Sequence[torch.Tensor]
                 d = d.masked_fill(~inside[dy:dy + h, dx:dx + w], float("inf"))
                 best = torch.minimum(best, d)
     return best
+
+
+def missing_distances(query: torch.Tensor, references: Sequence[torch.Tensor], window: int,
+                      fraction: float) -> tuple[float, torch.Tensor]:
+    """What the query lacks of its closest reference: ``(raw score, (h, w) map)``.
+
+    Per reference, the squared distance of each of its patches to the nearest query patch within
+    ``window`` cells, summed up by :func:`top_mean` over ``fraction`` of its cells; the
+    reference with the smallest sum is the closest, and its sum and map are returned. Taking the
+    closest reference keeps normal variation out: a cable that takes another route in each
+    normal image is found in the query's own route, but a cable missing from the query is
+    missing against every reference.
+    """
+    if not references:
+        raise ValueError("missing_distances needs at least one reference")
+    maps = [positional_distances(ref, [query], window) for ref in references]
+    raws = [top_mean(m, fraction) for m in maps]
+    closest = min(range(len(raws)), key=raws.__getitem__)
+    return raws[closest], maps[closest]
 
 
 def top_mean(distances: torch.Tensor, fraction: float) -> float:
