@@ -64,9 +64,9 @@ def missing_distances(query: torch.Tensor, references: Sequence[torch.Tensor], w
     Per reference, the squared distance of each of its patches to the nearest query patch within
     ``window`` cells, summed up by :func:`top_mean` over ``fraction`` of its cells; the
     reference with the smallest sum is the closest, and its sum and map are returned. Taking the
-    closest reference keeps normal variation out: a cable that takes another route in each
-    normal image is found in the query's own route, but a cable missing from the query is
-    missing against every reference.
+    closest reference keeps normal variation out: where a cable takes one of several routes, a
+    normal query matches a reference whose cable takes its route, but a query without a cable
+    lacks one against every reference.
     """
     if not references:
         raise ValueError("missing_distances needs at least one reference")
