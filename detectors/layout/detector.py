@@ -190,10 +190,7 @@ class LayoutDetector(Detector):
 
     def calibration_missing(self) -> dict[str, float]:
         """The missing direction's calibration (see :meth:`calibration`)."""
-        self._check_fitted()
-        if self.loo_missing is None:
-            raise ValueError("LayoutDetector: fitted with missing=False; it has no missing direction.")
-        return logistic_calibration(self.loo_missing.tolist(), self.calibration_sigmas)
+        return logistic_calibration(self._loo_missing().tolist(), self.calibration_sigmas)
 
     def calibrate(self, raw: torch.Tensor | float) -> torch.Tensor:
         """Raw distances of the query's patches into [0, 1]."""
@@ -203,10 +200,13 @@ class LayoutDetector(Detector):
 
     def calibrate_missing(self, raw: torch.Tensor | float) -> torch.Tensor:
         """Raw distances of the references' patches that the query lacks into [0, 1]."""
+        return calibrate(raw, self._loo_missing(), self.calibration_sigmas)
+
+    def _loo_missing(self) -> torch.Tensor:
         self._check_fitted()
         if self.loo_missing is None:
-            raise ValueError("LayoutDetector: fitted with missing=False; nothing to calibrate.")
-        return calibrate(raw, self.loo_missing, self.calibration_sigmas)
+            raise ValueError("LayoutDetector: fitted with missing=False; it has no missing direction.")
+        return self.loo_missing
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
