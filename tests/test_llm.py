@@ -223,11 +223,12 @@ def test_prompt_lookup_confirms_copied_tokens_in_fewer_passes(monkeypatch):
     stats = made[-1].stats
     # every pass kept one token or more; copying kept several per pass
     assert stats["tokens"] >= 2 * (stats["passes"] - 1), stats
-    # sampling (temperature > 0) is never guessed: it goes to llama.cpp unchanged
+    # sampling (temperature > 0) is never guessed: it goes to llama.cpp, after the wrapper read
+    # its prompt (where the call's deadline is checked)
     made.clear()
     make_chat_model(LLMConfig(model="smollm2-135m", max_tokens=8, n_ctx=1024, temperature=0.7,
                               prompt_states=False)).invoke("Name a colour.")
-    assert made == [] or made[-1].stats["passes"] == 0
+    assert made == [] or made[-1].stats["tokens"] == 0
 
 def test_repetition_cut_collapses_a_loop_and_leaves_code_alone():
     from agent.llm.robust import repetition_cut
@@ -269,6 +270,40 @@ def test_llamacpp_timeout_stops_generation():
         roomy.invoke([HumanMessage("Write a very long story about a screw factory.")],
                      **timeout_option(roomy, 0.3))
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_llamacpp_deadline_holds_while_the_prompt_is_read(monkeypatch, temperature):
+    """A call whose deadline passes before its prompt is read stops before reading it, greedy
+    (the lookup loop) or sampled (llama.cpp's own loop): no chunk of the prompt is decoded.
+    The model answers the next call as if nothing had happened."""
+    from agent.llm import lookup
+
+    _installed("smollm2-135m")
+    chat = make_chat_model(LLMConfig(model="smollm2-135m", max_tokens=12, n_ctx=1024, temperature=temperature,
+                                     prompt_states=False))
+    question = [HumanMessage("List the parts of a splicing connector. " * 40)]
+    expected = chat.invoke(question).content
+    chat.llama.reset()
+    decoded = []
+    real_decode = lookup.LookupLlama._decode
+
+    def spy(self, llama, tokens, want_all):
+        decoded.append(len(tokens))
+        return real_decode(self, llama, tokens, want_all)
+
+    monkeypatch.setattr(lookup.LookupLlama, "_decode", spy)
+    sampled = []
+    real_completion = type(chat.llama).create_completion
+    monkeypatch.setattr(type(chat.llama), "create_completion",
+                        lambda self, *a, **k: sampled.append(1) or real_completion(self, *a, **k))
+    with pytest.raises(LLMTimeoutError, match=r"did not finish within"):
+        chat.invoke(question, **timeout_option(chat, 1e-6))
+    assert decoded == [] and sampled == []
+    # with time to spare the prompt is read in chunks the deadline is checked between
+    assert chat.invoke(question, **timeout_option(chat, 600)).content == expected
+    assert decoded and max(decoded) <= lookup.DEADLINE_CHUNK
 
 def test_timeout_option_names_each_backends_own_per_call_limit(tmp_path):
     from langchain_core.language_models import FakeListChatModel

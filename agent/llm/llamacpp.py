@@ -29,7 +29,7 @@ from langchain_core.tools import BaseTool
 from pydantic import Field
 
 from .errors import LLMError, LLMTimeoutError
-from .lookup import DEFAULT_DRAFT, LookupLlama
+from .lookup import DEFAULT_DRAFT, LookupLlama, PromptDeadline
 from .messages import to_text_only_dicts
 from .robust import repetition_cut
 from .toolcalls import forced_tool, openai_tools, tool_names
@@ -334,7 +334,8 @@ class LlamaCppChatModel(BaseChatModel):
                         # Llama's own method on the wrapper: the same handler and defaults, with
                         # the wrapper's create_completion reading the prompt's tokens (it brings a
                         # saved prefix in, and decodes greedy answers with prompt lookup)
-                        target = LookupLlama(llama, self.prompt_lookup, prepare=store.prepare if store else None)
+                        target = LookupLlama(llama, self.prompt_lookup, prepare=store.prepare if store else None,
+                                             deadline=deadline)
                         stream = type(llama).create_chat_completion(
                             target, messages=payload, seed=seed, stream=True, **common)
                     try:
@@ -369,6 +370,8 @@ class LlamaCppChatModel(BaseChatModel):
                         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": generated,
                                   "total_tokens": prompt_tokens + generated},
                     }
+        except PromptDeadline:  # the deadline passed while the prompt was being read
+            expired = True
         except ValueError as exc:  # llama-cpp-python reports context overflow this way
             raise LLMError(
                 f"llama.cpp model {self.model_name or self.model_path} cannot take this prompt: {exc} "

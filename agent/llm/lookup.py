@@ -22,6 +22,11 @@ loop asks llama.cpp for the logits of the checked positions only.
 It runs behind ``Llama.create_chat_completion`` (:class:`LookupLlama` wraps the model and
 answers ``create_completion`` for greedy, unconstrained streams), so the chat template, the
 prompt-state store and the caller's streaming loop (deadline, repetition stop) stay as they are.
+
+A call's deadline also holds while its prompt is read, for sampled answers too (their prompt is
+read here, then llama.cpp reuses it): the caller's loop sees nothing until the first token, and a
+repair request near the end of a generation budget reads several hundred new tokens (the rejected
+answer and its error), seconds on a CPU that no check could interrupt.
 """
 
 from __future__ import annotations
@@ -40,6 +45,12 @@ MAX_NGRAM = 4
 MIN_NGRAM = 3
 #: guessed tokens per pass (LLMConfig.prompt_lookup)
 DEFAULT_DRAFT = 6
+#: prompt tokens read per batch when a deadline is set: about a second of reading on 2 cores
+DEADLINE_CHUNK = 64
+
+
+class PromptDeadline(TimeoutError):
+    """The call's deadline passed while its prompt was being read."""
 
 
 def find_draft(tokens: np.ndarray, n_draft: int, max_ngram: int = MAX_NGRAM) -> list[int]:
@@ -69,10 +80,14 @@ class LookupLlama:
     them with ``n_draft`` 0) go to the model unchanged.
     """
 
-    def __init__(self, llama: Any, n_draft: int, prepare: Callable[[Any, list[int]], Any] | None = None):
+    def __init__(self, llama: Any, n_draft: int, prepare: Callable[[Any, list[int]], Any] | None = None,
+                 deadline: float | None = None):
+        """``deadline``: a ``time.monotonic()`` time; prompt reading stops there with
+        :class:`PromptDeadline` (decoding is stopped by the caller's streaming loop)."""
         self._llama = llama
         self._n_draft = int(n_draft)
         self._prepare = prepare
+        self._deadline = deadline
         self.stats = {"passes": 0, "tokens": 0}
 
     def __getattr__(self, name: str) -> Any:
@@ -87,6 +102,10 @@ class LookupLlama:
         plain = not any(kwargs.get(k) for k in ("grammar", "logits_processor", "logprobs", "logit_bias",
                                                  "suffix", "echo"))
         if args or not (greedy and plain and tokens) or self._n_draft < 1:
+            if tokens and self._deadline is not None:
+                # read the prompt here, where the deadline is checked; llama.cpp then finds it
+                # in the context and reads one token again for fresh logits
+                self._read_prompt(self._llama, prompt)
             return self._llama.create_completion(prompt, *args, **kwargs)
         stop = kwargs.get("stop") or []
         stop = [stop] if isinstance(stop, str) else list(stop)
@@ -181,8 +200,11 @@ class LookupLlama:
         llama.n_tokens = common
         rest = prompt[common:]
         logits = None
-        for i in range(0, len(rest), llama.n_batch):
-            logits = self._decode(llama, rest[i:i + llama.n_batch], want_all=False)
+        step = llama.n_batch if self._deadline is None else min(llama.n_batch, DEADLINE_CHUNK)
+        for i in range(0, len(rest), step):
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                raise PromptDeadline(f"the deadline passed after {i} of {len(rest)} new prompt tokens")
+            logits = self._decode(llama, rest[i:i + step], want_all=False)
         return logits[-1]
 
     def _decode(self, llama: Any, tokens: list[int], want_all: bool) -> np.ndarray:
