@@ -271,7 +271,6 @@ def test_llamacpp_timeout_stops_generation():
                      **timeout_option(roomy, 0.3))
 
 
-
 @pytest.mark.slow
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
 def test_llamacpp_deadline_holds_while_the_prompt_is_read(monkeypatch, temperature):

@@ -77,7 +77,8 @@ class LookupLlama:
     is where they are known.
 
     Other completions (sampling, grammars, logits processors, logprobs, not streamed, or all of
-    them with ``n_draft`` 0) go to the model unchanged.
+    them with ``n_draft`` 0) go to the model unchanged, after their prompt is read here when a
+    deadline is set.
     """
 
     def __init__(self, llama: Any, n_draft: int, prepare: Callable[[Any, list[int]], Any] | None = None,
