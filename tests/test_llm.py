@@ -304,6 +304,7 @@ def test_llamacpp_deadline_holds_while_the_prompt_is_read(monkeypatch, temperatu
     assert chat.invoke(question, **timeout_option(chat, 600)).content == expected
     assert decoded and max(decoded) <= lookup.DEADLINE_CHUNK
 
+
 def test_timeout_option_names_each_backends_own_per_call_limit(tmp_path):
     from langchain_core.language_models import FakeListChatModel
     from langchain_openai import ChatOpenAI

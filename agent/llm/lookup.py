@@ -203,9 +203,10 @@ class LookupLlama:
         llama.n_tokens = common
         rest = prompt[common:]
         logits = None
-        step = llama.n_batch if self._deadline is None else min(llama.n_batch, DEADLINE_CHUNK)
+        deadline = self._deadline
+        step = llama.n_batch if deadline is None else min(llama.n_batch, DEADLINE_CHUNK)
         for i in range(0, len(rest), step):
-            if self._deadline is not None and time.monotonic() > self._deadline:
+            if deadline is not None and time.monotonic() > deadline:
                 raise PromptDeadline(f"the deadline passed after {i} of {len(rest)} new prompt tokens")
             logits = self._decode(llama, rest[i:i + step], want_all=False)
         return logits[-1]
