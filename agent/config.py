@@ -135,9 +135,9 @@ class AgentConfig(BaseModel):
     repair_rounds: int = Field(default=3, ge=0, le=10)
     generation_budget_s: Optional[float] = Field(
         default=60.0, gt=0,
-        description="time budget of writing one rule set's checks: every rule gets its first attempt, and a "
-                    "repair starts only if an attempt of the usual length still fits, and must end within it "
-                    "(None: all repair_rounds, however long they take)",
+        description="time budget of writing one rule set's checks: every model call, first attempts included, "
+                    "must end within it, and a repair starts only if an attempt of the usual length still fits "
+                    "(None: a first attempt for every rule and all repair_rounds, however long they take)",
     )
     program_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     program_memory_mb: int = Field(default=1024, ge=64)

@@ -340,7 +340,7 @@ class Agent:
             attempts = {f.rule_id: f.attempts for f in program.functions}
             reasons = "; ".join(f"{rid} after {attempts.get(rid, 0)} attempt(s): {why}"
                                 for rid, why in program.unavailable.items())
-            budget = " Repairs stopped when the generation time budget was spent." if program.budget_spent else ""
+            budget = " Generation stopped when its time budget was spent." if program.budget_spent else ""
             cover = ("in zero-shot mode no detector stands in for them (there are no references to fit one on)"
                      if ctx.zero_shot else "the detectors (structural, layout, composition) cover them")
             ctx.logic_note = (

@@ -167,7 +167,12 @@ class LogiCodeProgram(BaseModel):
         for f in self.functions:
             if not f.ok:
                 found = [p for p in f.problems if p not in _STOP_NOTES]
-                reasons[f.rule_id] = found[-1] if found else "no program"
+                if found:
+                    reasons[f.rule_id] = found[-1]
+                elif BUDGET_SPENT in f.problems:
+                    reasons[f.rule_id] = "The rule set's generation time budget was spent before this rule's check was written."
+                else:
+                    reasons[f.rule_id] = "no program"
         return reasons
 
     @property
@@ -381,8 +386,8 @@ class LogiCodeGenerator:
         """``chat(messages, attempt[, timeout_s=...]) -> text`` talks to the model (greedy first, sampled
         on repairs, which get the rest of the budget as ``timeout_s``); ``run(source, entrypoint, args)``
         is ``sandbox.run_program``; ``check_source`` is the sandbox's static check. ``budget_s`` bounds
-        a rule set's generation: a repair starts only if an attempt of the usual length still fits
-        in it, and the rest of the budget is its time limit (first attempts always run)."""
+        a rule set's generation: the rest of the budget is every call's time limit, first attempts
+        included, and a repair starts only if an attempt of the usual length still fits in it."""
         self.chat = chat
         self.run = run
         self.check_source = check_source
@@ -420,19 +425,20 @@ class LogiCodeGenerator:
                 if draft.done:
                     continue
                 left = None if self.budget_s is None else self.budget_s - (time.perf_counter() - start)
-                # A repair starts only if an attempt of the usual (mean) length still fits, and the
-                # rest of the budget is its deadline: repairs carry the rejected code and its error,
-                # so some run longer than the mean (one rule set took 62.5 s of 60 without it).
-                # The deadline keeps back the usual validation time too (the sandbox runs the answer
-                # on every reference and altered copy): without it, the last answer was validated
-                # after the budget (a rule set of the agent benchmark ended at 61.7 s of 60).
+                # Every call gets the rest of the budget as its deadline, first attempts too: four
+                # first attempts of 8-20 s took a synthetic breakfast box's rule set to 61.0 s of 60
+                # (66.8 s with the model read from a cold disk). The deadline keeps back the usual
+                # validation time (the sandbox runs the answer on every reference and altered copy):
+                # without it, the last answer was validated after the budget (61.7 s of 60).
+                # A repair starts only if an attempt of the usual (mean) length still fits: repairs
+                # carry the rejected code and its error, so some run longer than the mean.
                 deadline = None
-                if attempt > 0 and left is not None:
-                    made = sum(d.result.attempts for d in drafts)
-                    expected = sum(d.result.seconds for d in drafts) / made if made else 0.0
+                if left is not None:
                     checked = sum(d.validations for d in drafts)
                     deadline = left - (sum(d.validation_seconds for d in drafts) / checked if checked else 0.0)
-                    if left < expected or deadline <= 0:
+                    made = sum(d.result.attempts for d in drafts)
+                    expected = sum(d.result.seconds for d in drafts) / made if made else 0.0
+                    if deadline <= 0 or (attempt > 0 and left < expected):
                         draft.result.problems.append(BUDGET_SPENT)
                         draft.done = True
                         continue

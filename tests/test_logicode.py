@@ -346,10 +346,12 @@ def test_every_rule_gets_its_first_attempt_before_any_repair():
     assert [f.attempts for f in program.functions] == [2, 2] and not program.unavailable
 
 
-def test_no_repair_round_starts_once_the_generation_budget_is_spent():
+def test_no_call_starts_once_the_generation_budget_is_spent():
     wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
+    limits = []
 
-    def slow(messages, attempt=0):  # every call outlasts the whole budget
+    def slow(messages, attempt=0, timeout_s=None):  # outlasts the whole budget (ignoring its limit)
+        limits.append(timeout_s)
         time.sleep(0.05)
         return model(messages, attempt)
 
@@ -358,11 +360,13 @@ def test_no_repair_round_starts_once_the_generation_budget_is_spent():
                                   api_reference=sandbox.API_REFERENCE, repair_rounds=3, budget_s=0.01)
     program = generator.generate(RULES, parts_table=PARTS, reference_scenes=REFS[:2], key="k", model_id="fake")
     r1, r2 = program.functions
-    assert len(model.requests) == 2  # both first attempts, even past the budget; no repair
-    assert r2.ok and not r1.ok and r1.attempts == 1
-    assert r1.problems[-1] == BUDGET_SPENT and program.budget_spent
-    # the reason given is the validation problem, not the budget
+    assert len(model.requests) == 1 and 0 < limits[0] <= 0.01  # r1's first attempt, bounded by the budget
+    assert not r1.ok and r1.attempts == 1 and r1.problems[-1] == BUDGET_SPENT and program.budget_spent
+    assert not r2.ok and r2.attempts == 0 and r2.problems == [BUDGET_SPENT]
+    # the reason given is the validation problem, not the budget; a rule never tried says why
     assert "violated on normal reference image(s)" in program.unavailable["r1"]
+    assert "budget was spent before this rule's check was written" in program.unavailable["r2"]
+    assert not program.model_failed  # cacheable: the model did not fail
 
 
 def _generate_on_a_fake_clock(monkeypatch, durations, *, model_limit_s=None, validation_s=0.0):
@@ -408,11 +412,11 @@ def _generate_on_a_fake_clock(monkeypatch, durations, *, model_limit_s=None, val
 ])
 def test_a_repair_gets_the_rest_of_the_budget_as_its_time_limit(monkeypatch, repair_s, model_limit_s, outcome):
     """A fake clock that only the model moves: r1's first attempt takes 20 s and is wrong, r2's
-    takes 10 s. 25 s of the 55 s budget are left, more than the mean attempt, so r1's repair
-    starts, with those 25 s as its time limit."""
+    takes 10 s (limits 55 and 35 s: what is left). 25 s of the 55 s budget are left, more than the
+    mean attempt, so r1's repair starts, with those 25 s as its time limit."""
     program, limits = _generate_on_a_fake_clock(monkeypatch, [20.0, 10.0, repair_s], model_limit_s=model_limit_s)
     r1 = program.functions[0]
-    assert limits == [None, None, 25.0]  # first attempts run unbounded by the budget
+    assert limits == [55.0, 35.0, 25.0]  # first attempts are bounded by the budget too
     if outcome == "fixed":
         assert r1.ok and not program.budget_spent and program.generation_seconds == 50.0
     elif outcome == "cut":
@@ -429,7 +433,7 @@ def test_a_repair_leaves_time_within_the_budget_to_validate_its_answer(monkeypat
     the 55 s budget are left, so r1's repair gets 21 - 2 = 19 s. A repair that needs 20 s is
     cut there, and the rule set ends within its budget instead of 1 s past it."""
     program, limits = _generate_on_a_fake_clock(monkeypatch, [20.0, 10.0, 20.0], validation_s=2.0)
-    assert limits == [None, None, 19.0]
+    assert limits == [55.0, 31.0, 19.0]
     assert program.functions[0].problems[-1] == BUDGET_SPENT
     assert program.generation_seconds == 53.0
 
@@ -597,3 +601,13 @@ def test_counterfactual_scenes_break_each_kind_of_rule():
     assert moved["bbox"][0] != before["bbox"][0]
     assert copies[6]["components"][0]["color_name"] != "yellow"
     assert scene == _scene(3)  # the reference itself is untouched
+
+
+def test_a_first_attempt_is_cut_at_the_budgets_end(monkeypatch):
+    """r1's first attempt takes 20 s and is wrong; r2's would take 40 s, past the 55 s budget: it
+    is cut at 35 s (the budget's end), so the rule set ends on budget, cacheable, with r2 unchecked."""
+    program, limits = _generate_on_a_fake_clock(monkeypatch, [20.0, 40.0])
+    r1, r2 = program.functions
+    assert limits == [55.0, 35.0]
+    assert program.generation_seconds == 55.0 and program.budget_spent and not program.model_failed
+    assert not r2.ok and r2.problems == [BUDGET_SPENT] and r2.attempts == 1
