@@ -13,10 +13,6 @@ How it works (one algorithm for every category; all parameters come from the ref
 3. Clusters that cover the image border in the references are background (regions of a
    background colour enclosed by the product get a cluster of their own: dark almonds in a
    tray); the rest is the product, whose bounding box is the frame for relative positions.
-   A colour that covers the same large place of the product in most references (a bottle's
-   liquid, a tray's floor) owns that place: when an image lacks that colour, and another colour
-   lies mostly on its place, that region is the same part in another colour (a juice of
-   another fruit), not a new part and a missing one.
 4. THINGS: pixels whose colour differs from the local surface (the median colour of a window
    wider than the objects, ``SURFACE_WINDOW``) by more than a threshold learned on the
    references (Otsu) are things: a shiny screw, a pushpin or a clamp is one object whatever its
@@ -66,8 +62,7 @@ from .composition import CompositionScorer, Deviation
 #: 4: colour centres adapt to each image (the references' statistics come from that parse)
 #: 5: object groups split into sub-classes with steady counts (``_split_subclasses``); an object
 #:    cut in two halves counts once (``HALF_SHARE``)
-#: 6: the places of the large colour regions (``_recolour_places``)
-FORMAT_VERSION = 6
+FORMAT_VERSION = 5
 #: lightness is noisier than hue under shading and specular highlights
 LIGHTNESS_WEIGHT = 0.4
 #: blur (downscaled pixels) before clustering: shading and texture speckle stay inside a part
@@ -128,21 +123,6 @@ FRAGMENT_GAP = 6
 #: 40 of 40 good images (34 before); 0.65 / 1.3 read 0.362.
 HALF_SHARE = 0.75
 HALF_UNION = 1.4
-#: places of the large colour regions, on a grid of this many cells a side over the product box
-PLACE_GRID = 48
-#: a colour owns the cells it covers in at least this share of the references ...
-PLACE_SHARE = 0.5
-#: ... when they are at least this share of the grid (a liquid, a tray; not a screw's colour)
-PLACE_MIN_CELLS = 0.04
-#: a colour is missing when it covers less than this share of its place, and of its usual area
-PLACE_MISSING = 0.25
-#: a colour found on a missing colour's place is that colour's part recoloured when it fills at
-#: least FOREIGN_SHARE of the place, the references show it there less than FOREIGN_USUAL times as
-#: often as the missing colour (a juice of one reference in four is a variant, not the usual), and
-#: its pieces lie mostly (FOREIGN_INSIDE) on the place
-FOREIGN_SHARE = 0.15
-FOREIGN_USUAL = 0.5
-FOREIGN_INSIDE = 0.6
 
 
 class _ShapeGroup:
@@ -365,8 +345,6 @@ class SceneParser:
         labels = [self._label_map(f, s.shape[:2]) for f, s in zip(feats, smalls)]
         self._background = self._find_background(labels)
         labels = [self._enclosed(lab) for lab in labels]
-        self._fit_places(labels)
-        labels = [self._recolour_places(lab) for lab in labels]
         contrasts = [self._contrast(small, lab) for small, lab in zip(smalls, labels)]
         self._thing_threshold = self._fit_thing_threshold(contrasts)
         labels = [self._mark_things(lab, con) for lab, con in zip(labels, contrasts)]
@@ -576,75 +554,6 @@ class SceneParser:
         out[things] = 2 * len(self._centers)
         return out
 
-    # ------------------------------------------------------------------ places
-    def _place_grid(self, labels: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """The labels sampled on a PLACE_GRID x PLACE_GRID grid over the product box."""
-        x0, y0, x1, y1 = self._product_box(~np.isin(labels, list(self._background)))
-        n = PLACE_GRID
-        ys = np.minimum(y0 + ((np.arange(n) + 0.5) * (y1 - y0) / n).astype(int), labels.shape[0] - 1)
-        xs = np.minimum(x0 + ((np.arange(n) + 0.5) * (x1 - x0) / n).astype(int), labels.shape[1] - 1)
-        return labels[np.ix_(ys, xs)], (x0, y0, x1, y1)
-
-    def _fit_places(self, labels: Sequence[np.ndarray]) -> None:
-        """Where each colour lies on the product in the references (share of references per
-        grid cell), and the places of the large regions: cells a colour covers in at least
-        PLACE_SHARE of them (the liquid of a bottle, the floor of a tray)."""
-        grids = [self._place_grid(lab)[0] for lab in labels]
-        n_labels = 2 * len(self._centers)
-        freq = np.stack([np.mean([g == c for g in grids], axis=0) for c in range(n_labels)])
-        self._place_area = np.array([np.mean([(lab == c).sum() for lab in labels]) for c in range(n_labels)])
-        self._places = {c: freq[c] >= PLACE_SHARE for c in range(n_labels)
-                        if c not in self._background and (freq[c] >= PLACE_SHARE).mean() >= PLACE_MIN_CELLS}
-        # how often the references show each colour on each place (the place's own colour included)
-        self._place_usual = {c: freq[:, place].mean(1) for c, place in self._places.items()}
-
-    def _recolour_places(self, labels: np.ndarray) -> np.ndarray:
-        """A large region that keeps its place but changes colour (a juice of another fruit) is
-        the same part: when a region's colour is missing from the
-        image, the pieces of a colour the references rarely show on its place, lying mostly on
-        that place, take its colour label. What a part looks like is then its measured colour,
-        not a new part: a check can compare it with the label's fruit, and the part is still
-        counted. A colour that only moved (swapped compartments) is not missing, and a colour
-        that spreads onto a place where something is missing (a label gone from the liquid)
-        lies mostly elsewhere: neither is recoloured."""
-        if not self._places:
-            return labels
-        grid, (x0, y0, x1, y1) = self._place_grid(labels)
-        out = labels
-        for c, place in self._places.items():
-            cells = grid[place]
-            usual = self._place_usual[c]
-            if (cells == c).mean() >= PLACE_MISSING or (labels == c).sum() >= PLACE_MISSING * self._place_area[c]:
-                continue
-            # the place on the image: the grid cells scaled back to the product box
-            n = PLACE_GRID
-            ys = np.clip(((np.arange(labels.shape[0]) - y0) * n / max(y1 - y0, 1)).astype(int), 0, n - 1)
-            xs = np.clip(((np.arange(labels.shape[1]) - x0) * n / max(x1 - x0, 1)).astype(int), 0, n - 1)
-            on_place = place[np.ix_(ys, xs)]
-            on_place[:y0] = False
-            on_place[y1:] = False
-            on_place[:, :x0] = False
-            on_place[:, x1:] = False
-            taken = np.zeros(labels.shape, bool)
-            for d in np.unique(cells):
-                d = int(d)
-                if d == c or d in self._background or d >= len(usual):
-                    continue
-                if (cells == d).mean() < FOREIGN_SHARE or usual[d] >= FOREIGN_USUAL * usual[c]:
-                    continue
-                comp, k = ndi.label(out == d, structure=np.ones((3, 3)))
-                if k == 0:
-                    continue
-                sizes = np.maximum(np.bincount(comp.ravel(), minlength=k + 1), 1)
-                inside = np.bincount(comp[on_place], minlength=k + 1) / sizes
-                take = np.flatnonzero(inside >= FOREIGN_INSIDE)
-                taken |= np.isin(comp, take[take > 0]) & on_place
-            # a few pixels are no region: the colour must come back on a good share of its area
-            if taken.sum() >= PLACE_MISSING * self._place_area[c]:
-                out = out.copy() if out is labels else out
-                out[taken] = c
-        return out
-
     def _enclosed(self, labels: np.ndarray) -> np.ndarray:
         """Background-coloured regions that do not touch the image border lie on the product
         (dark almonds in a tray on a dark table): give them their own cluster index, c + K."""
@@ -776,7 +685,6 @@ class SceneParser:
         if self._pca is not None:
             deep = self._deep_features(image, small.shape[:2], features)
         labels = self._enclosed(self._label_map(self._pixel_features(small, deep), small.shape[:2]))
-        labels = self._recolour_places(labels)
         labels = self._mark_things(labels, self._contrast(small, labels))
         return self._parse_small(small, size, labels)
 
@@ -1065,9 +973,6 @@ class SceneParser:
             "pca": None if self._pca is None else {"components": self._pca.tolist(), "mean": self._pca_mean.tolist(),
                                                    "scale": self._pca_scale},
             "groups": [g.to_dict() for g in self._groups],
-            "places": {str(c): {"cells": np.flatnonzero(m).tolist(), "usual": self._place_usual[c].tolist()}
-                       for c, m in self._places.items()},
-            "place_area": self._place_area.tolist(),
             "typical_area": self._typical_area,
             "grid": None if self._grid is None else [list(self._grid[0]), list(self._grid[1])],
             "part_names": self.part_names,
@@ -1107,13 +1012,6 @@ class SceneParser:
             obj._pca_mean = np.asarray(data["pca"]["mean"], float)
             obj._pca_scale = float(data["pca"]["scale"])
         obj._groups = [_ShapeGroup.from_dict(g) for g in data["groups"]]
-        obj._places, obj._place_usual = {}, {}
-        for c, place in data["places"].items():
-            mask = np.zeros(PLACE_GRID * PLACE_GRID, bool)
-            mask[np.asarray(place["cells"], int)] = True
-            obj._places[int(c)] = mask.reshape(PLACE_GRID, PLACE_GRID)
-            obj._place_usual[int(c)] = np.asarray(place["usual"], float)
-        obj._place_area = np.asarray(data["place_area"], float)
         obj._typical_area = {str(k): float(v) for k, v in data["typical_area"].items()}
         obj._grid = None if data["grid"] is None else (list(data["grid"][0]), list(data["grid"][1]))
         obj.part_names = dict(data["part_names"])
