@@ -170,7 +170,8 @@ class LogiCodeProgram(BaseModel):
                 if found:
                     reasons[f.rule_id] = found[-1]
                 elif BUDGET_SPENT in f.problems:
-                    reasons[f.rule_id] = "The rule set's generation time budget was spent before this rule's check was written."
+                    reasons[f.rule_id] = ("The rule set's generation time budget was spent before this rule's "
+                                          "check was written.")
                 else:
                     reasons[f.rule_id] = "no program"
         return reasons

@@ -6,7 +6,6 @@ the static check and the helper module are the real ones.
 
 import os
 import re
-import time
 
 import pytest
 
@@ -346,29 +345,6 @@ def test_every_rule_gets_its_first_attempt_before_any_repair():
     assert [f.attempts for f in program.functions] == [2, 2] and not program.unavailable
 
 
-def test_no_call_starts_once_the_generation_budget_is_spent():
-    wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
-    limits = []
-
-    def slow(messages, attempt=0, timeout_s=None):  # outlasts the whole budget (ignoring its limit)
-        limits.append(timeout_s)
-        time.sleep(0.05)
-        return model(messages, attempt)
-
-    model = ScriptedModel({"r1": [wrong, GOOD_R1], "r2": [GOOD_R2]})
-    generator = LogiCodeGenerator(slow, run=sandbox.run_program, check_source=sandbox.check_source,
-                                  api_reference=sandbox.API_REFERENCE, repair_rounds=3, budget_s=0.01)
-    program = generator.generate(RULES, parts_table=PARTS, reference_scenes=REFS[:2], key="k", model_id="fake")
-    r1, r2 = program.functions
-    assert len(model.requests) == 1 and 0 < limits[0] <= 0.01  # r1's first attempt, bounded by the budget
-    assert not r1.ok and r1.attempts == 1 and r1.problems[-1] == BUDGET_SPENT and program.budget_spent
-    assert not r2.ok and r2.attempts == 0 and r2.problems == [BUDGET_SPENT]
-    # the reason given is the validation problem, not the budget; a rule never tried says why
-    assert "violated on normal reference image(s)" in program.unavailable["r1"]
-    assert "budget was spent before this rule's check was written" in program.unavailable["r2"]
-    assert not program.model_failed  # cacheable: the model did not fail
-
-
 def _generate_on_a_fake_clock(monkeypatch, durations, *, model_limit_s=None, validation_s=0.0):
     """Generate r1 (first answer wrong, then right) and r2 (right) with a 55 s budget on a fake
     clock that only the model calls (``durations``, in order) and validations (``validation_s``
@@ -601,6 +577,19 @@ def test_counterfactual_scenes_break_each_kind_of_rule():
     assert moved["bbox"][0] != before["bbox"][0]
     assert copies[6]["components"][0]["color_name"] != "yellow"
     assert scene == _scene(3)  # the reference itself is untouched
+
+
+def test_no_call_starts_once_the_generation_budget_is_spent(monkeypatch):
+    """r1's first attempt would take 60 s: it is cut at the 55 s budget's end, and r2's first
+    attempt never starts. Both say why they have no check; the program is cacheable."""
+    program, limits = _generate_on_a_fake_clock(monkeypatch, [60.0])
+    r1, r2 = program.functions
+    assert limits == [55.0] and program.generation_seconds == 55.0
+    assert r1.problems == [BUDGET_SPENT] and r1.attempts == 1
+    assert r2.problems == [BUDGET_SPENT] and r2.attempts == 0
+    assert all("budget was spent before this rule's check was written" in why
+               for why in program.unavailable.values())
+    assert program.budget_spent and not program.model_failed
 
 
 def test_a_first_attempt_is_cut_at_the_budgets_end(monkeypatch):
