@@ -31,8 +31,8 @@ anomalies whose explanation names a failed rule with observed and expected value
 0.00 to 0.38. (Those checks included counts that varied between the references; once they
 were rejected, the detectors carried nearly all of the synthetic score: see the README.)
 
-Generation goes round by round over the rules within a time budget: every rule gets its
-first attempt, and repairs share what is left.
+Generation goes round by round over the rules within a time budget: first every rule's first
+attempt, then repairs share what is left; no call runs past the budget.
 """
 
 from __future__ import annotations
@@ -416,8 +416,8 @@ class LogiCodeGenerator:
         require_pass = validation_scenes is None
         scenes = list(reference_scenes if validation_scenes is None else validation_scenes)
         variants = [{"reference": int(i), "scene": v} for i, v in (variant_scenes or [])] if require_pass else []
-        # Round by round over the rules, not rule by rule: every rule gets its first attempt (most
-        # validated checks come from it), and repairs share what the budget leaves.
+        # Round by round over the rules, not rule by rule: every rule's first attempt comes before
+        # any repair (most validated checks come from it), and repairs share what the budget leaves.
         # without references (zero-shot) the request asks for checks of what the rules state only
         zero_shot = not require_pass and not reference_scenes
         drafts = [_RuleDraft(rules, rule, parts_table, self.api_reference, zero_shot) for rule in rules.rules]
