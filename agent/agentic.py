@@ -16,6 +16,7 @@ from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
 from .schema import Finding, ToolCall
+from .text import EXPLANATION_CHARS, clip
 
 MAX_STEPS = 8
 #: what each tool is for, in the order the instructions name them (only tools bound are named)
@@ -165,7 +166,7 @@ def _findings(answer: str, rules) -> list[Finding]:
         findings.append(Finding(
             rule_id=rule.id, rule_text=rule.text, passed=bool(item.get("passed")),
             expected=item.get("expected"), observed=item.get("observed"),
-            explanation=str(item.get("reason") or "")[:300], confidence=0.8, source="model",
+            explanation=clip(item.get("reason") or "", EXPLANATION_CHARS), confidence=0.8, source="model",
         ))
     return findings
 

@@ -27,6 +27,7 @@ from .evidence import LayoutPeak, linked_rule_findings, part_words
 from .fusion import RULE_SOURCES, explain, fuse
 from .logicode import LogiCodeGenerator, LogiCodeProgram, ProgramCache, assemble, program_key, validate_pinned
 from .schema import Finding, ProgramInfo, Region, Verdict
+from .text import EXPLANATION_CHARS, REASON_CHARS, clip
 
 log = logging.getLogger(__name__)
 
@@ -338,14 +339,14 @@ class Agent:
         ctx.program_path = self._programs.path_of(key)
         if program.unavailable:
             attempts = {f.rule_id: f.attempts for f in program.functions}
-            reasons = "; ".join(f"{rid} after {attempts.get(rid, 0)} attempt(s): {why}"
+            reasons = "; ".join(f"{rid} after {attempts.get(rid, 0)} attempt(s): {clip(why, REASON_CHARS)}"
                                 for rid, why in program.unavailable.items())
             budget = " Generation stopped when its time budget was spent." if program.budget_spent else ""
             cover = ("in zero-shot mode no detector stands in for them (there are no references to fit one on)"
                      if ctx.zero_shot else "the detectors (structural, layout, composition) cover them")
             ctx.logic_note = (
                 f"Logic check unavailable for rule(s) {', '.join(program.unavailable)} "
-                f"({reasons[:400]}); {cover}.{budget}"
+                f"({reasons}); {cover}.{budget}"
             )
             if program.advisory_rule_ids:
                 ctx.logic_note += (f" Rule(s) {', '.join(program.advisory_rule_ids)} keep their unstable check as "
@@ -487,7 +488,7 @@ class Agent:
                 continue
             rule = rules_by_id[str(item["rule_id"])]
             advisory = item.get("advisory") is True
-            explanation = str(item.get("explanation") or "")[:300]
+            explanation = clip(item.get("explanation") or "", EXPLANATION_CHARS)
             if advisory:
                 explanation = "; ".join(x for x in (explanation, ADVISORY_NOTE) if x)
             findings.append(
@@ -548,7 +549,8 @@ class Agent:
                 Finding(
                     rule_id="composition", rule_text="The mix of parts matches the references.",
                     passed=composition < threshold, expected=f"< {threshold:.2f}", observed=round(composition, 3),
-                    explanation="; ".join(composition_notes[:2])[:300] or "rules-free composition score",
+                    explanation=clip("; ".join(composition_notes[:2]), EXPLANATION_CHARS)
+                    or "rules-free composition score",
                     confidence=1.0, source="composition",
                 )
             )
@@ -560,7 +562,7 @@ class Agent:
         return Finding(
             rule_id="layout", rule_text="Every region looks like the same region of the references.",
             passed=result.score < threshold, expected=f"< {threshold:.2f}", observed=round(result.score, 3),
-            explanation=(note or "layout score")[:300], confidence=1.0, source="layout",
+            explanation=clip(note or "layout score", EXPLANATION_CHARS), confidence=1.0, source="layout",
             evidence=[Region(bbox=(max(0, x - 48), max(0, y - 48), x + 48, y + 48), label="layout peak")]
             if result.peak_xy else [],
         )

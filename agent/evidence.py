@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 from prompts.rules import NormalityRules
 
 from .schema import Finding
+from .text import EXPLANATION_CHARS, clip
 
 #: a component whose box covers this share of the product's box is the carrier the parts lie on
 CARRIER_SHARE = 0.5
@@ -161,7 +162,7 @@ def linked_rule_findings(
         best = found[0]
         out.append(Finding(
             rule_id=rule.id, rule_text=rule.text, passed=False, expected=best.expected, observed=best.observed,
-            explanation=f"evidence, not a validated check: {best.sentence}"[:300],
+            explanation=clip(f"evidence, not a validated check: {best.sentence}", EXPLANATION_CHARS),
             confidence=EVIDENCE_CONFIDENCE, source=best.source,
         ))
     return out

@@ -89,3 +89,15 @@ def test_a_nan_detector_score_is_left_out_not_taken_as_certain():
     assert score == fuse([], structural=0.2, composition=None, layout=0.3, config=FusionConfig())[0]
     assert "composition" not in comps
     assert fuse([], structural=float("nan"), composition=None, config=FusionConfig())[0] == 0.0
+
+
+def test_long_reasons_are_clipped_at_a_word():
+    from agent.text import clip
+
+    reason = "Running it on the images failed (runtime_error): line 4: IndexError: list index out of range"
+    assert clip(reason, 200) == reason
+    short = clip(reason, 80)
+    assert len(short) <= 80 and short.endswith("…") and "out of ran…" not in short
+    assert reason.startswith(short[:-1])
+    assert clip("a\n  b", 10) == "a b"  # one line
+    assert clip("x" * 50, 10) == "x" * 9 + "…"  # no word to cut at: cut at the limit
