@@ -376,3 +376,53 @@ def test_object_groups_split_into_subclasses_with_steady_counts():
     refs_of = np.array([0, 0, 1, 1, 2, 2, 3, 3, 0])
     X = np.array([[0, 0]] * 8 + [[1.5, 0]], float) + rng.normal(0, 0.05, (9, 2))
     assert len(np.unique(_split_subclasses(X, refs_of, np.zeros(9, int), n_refs=4))) == 1
+
+
+def _two_tone_tray(rng: np.random.Generator, tray_color, inner=None) -> np.ndarray:
+    """The scene of ``_scene_image`` with the tray painted ``tray_color``, and its central half
+    (same centre, about half the area) painted ``inner`` when given."""
+    img = _scene_image(rng).astype(np.float32)
+    tray = np.zeros((H, W), bool)
+    tray[20:180, 20:260] = True
+    light = tray & (img.mean(-1) > 200)  # the tray's own pixels, not the parts lying on it
+    img[light] = tray_color
+    if inner is not None:
+        centre = np.zeros((H, W), bool)
+        centre[44:156, 55:225] = True
+        img[light & centre] = inner
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+WHITE_TRAY, BLUE_TRAY = (232, 232, 226), (185, 205, 250)
+
+
+def test_colour_variants_of_one_region_are_one_part(monkeypatch):
+    """A tray that is white in two references and bluish in the other two: two colour clusters,
+    each a large region at the same place in half of the references, never both in one. They
+    are one part, counted once in every image; without the join they are two parts of 0-1."""
+    rng = np.random.default_rng(3)
+    refs = [_two_tone_tray(rng, c) for c in (WHITE_TRAY, BLUE_TRAY, WHITE_TRAY, BLUE_TRAY)]
+    parser = SceneParser(backbone=None, image_size=280).fit(refs)
+    large = [p for p in parser.reference_scenes[0].parts if p.ref_area is not None
+             and any(c.area_frac > 0.3 for s in parser.reference_scenes for c in s.components if c.part == p.id)]
+    assert len(large) == 1
+    tray = large[0].id
+    assert [s.part(tray).count for s in parser.reference_scenes] == [1, 1, 1, 1]
+    for colour in (WHITE_TRAY, BLUE_TRAY):
+        assert parser.parse(_two_tone_tray(rng, colour)).part(tray).count == 1
+
+    monkeypatch.setattr(SceneParser, "_join_colour_variants", lambda self, scenes: False)
+    apart = SceneParser(backbone=None, image_size=280).fit(refs)
+    trays = {c.part for s in apart.reference_scenes for c in s.components if c.area_frac > 0.3}
+    assert len(trays) == 2  # the failure the join removes
+
+
+def test_two_colours_seen_together_are_not_joined():
+    """Both colours in every reference, at the same centre and of about the same area (a tray
+    with a bluish centre): they are two parts of the product, not variants of one."""
+    rng = np.random.default_rng(4)
+    refs = [_two_tone_tray(rng, WHITE_TRAY, inner=BLUE_TRAY) for _ in range(4)]
+    parser = SceneParser(backbone=None, image_size=280).fit(refs)
+    regions = {c.part for s in parser.reference_scenes for c in s.components if c.area_frac > 0.15}
+    assert len(regions) == 2

@@ -28,7 +28,10 @@ How it works (one algorithm for every category; all parameters come from the ref
    shape (screws, washers) can become different parts. A group of objects splits further in two
    when both halves appear in (nearly) every reference with counts at least as steady as the
    whole group's (nuts and washers of one metal). Groups seen in too few references are
-   noise and ignored; at most ``max_parts`` parts are kept.
+   noise and ignored; at most ``max_parts`` parts are kept. Two colours whose large regions
+   stand in for each other (each in some references, never both in one, about the same share of
+   the product at about the same place: a tray white in three photographs and bluish in the
+   fourth) are one part (``_join_colour_variants``).
 6. A piece much smaller than its part's components in the references, lying next to a larger
    piece of the same part, is a fragment of that piece (a fruit's shaded side, a glint on a
    nut): it is painted with the part but not counted (``FRAGMENT_SHARE``). Two neighbouring
@@ -62,7 +65,8 @@ from .composition import CompositionScorer, Deviation
 #: 4: colour centres adapt to each image (the references' statistics come from that parse)
 #: 5: object groups split into sub-classes with steady counts (``_split_subclasses``); an object
 #:    cut in two halves counts once (``HALF_SHARE``)
-FORMAT_VERSION = 5
+#: 6: colour variants of one region (a tray white in some references, bluish in others) are one part
+FORMAT_VERSION = 6
 #: lightness is noisier than hue under shading and specular highlights
 LIGHTNESS_WEIGHT = 0.4
 #: blur (downscaled pixels) before clustering: shading and texture speckle stay inside a part
@@ -123,6 +127,11 @@ FRAGMENT_GAP = 6
 #: 40 of 40 good images (34 before); 0.65 / 1.3 read 0.362.
 HALF_SHARE = 0.75
 HALF_UNION = 1.4
+#: colour variants of one region part: each covers at least VARIANT_MIN_AREA of the product, the
+#: smaller at least VARIANT_AREA_RATIO of the larger's area, their centres within VARIANT_PLACE
+VARIANT_MIN_AREA = 0.05
+VARIANT_AREA_RATIO = 0.67
+VARIANT_PLACE = 0.1
 
 
 class _ShapeGroup:
@@ -365,8 +374,10 @@ class SceneParser:
         self._part_order()
         # a first parse, every piece counted, gives each part's typical component area
         self._typical_area = {}
-        self._typical_area = self._typical_areas(
-            [self._parse_small(s, size, lab) for s, size, lab in zip(smalls, sizes, labels)])
+        first = [self._parse_small(s, size, lab) for s, size, lab in zip(smalls, sizes, labels)]
+        if self._join_colour_variants(first):
+            first = [self._parse_small(s, size, lab) for s, size, lab in zip(smalls, sizes, labels)]
+        self._typical_area = self._typical_areas(first)
         scenes = [self._parse_small(s, size, lab) for s, size, lab in zip(smalls, sizes, labels)]
         self._fit_statistics(scenes)
         self._grid = self._detect_grid(scenes)
@@ -663,6 +674,54 @@ class SceneParser:
         for i in real[self.max_parts:]:
             groups[i].noise = True
         return groups
+
+    def _join_colour_variants(self, scenes: Sequence[Scene]) -> bool:
+        """Regions of two colours that stand for one part in different references (a tray that is
+        bluish-white in one photograph and white in the others) become one part: each colour is a
+        large region in some references, never both in the same one, and they cover about the same
+        share of the product at about the same place."""
+        if len(scenes) < 2:  # one image cannot show a colour standing in for another
+            return False
+        region_ids = {g.part_id for g in self._groups if not g.noise and g.cluster != OBJECTS}
+        stats = {}
+        for pid in region_ids:
+            present = [s.part(pid).count > 0 for s in scenes]
+            comps = [c for s in scenes for c in s.components if c.part == pid]
+            if not comps:
+                continue
+            area = np.mean([sum(c.area_frac for c in s.components if c.part == pid)
+                            for s, here in zip(scenes, present) if here])
+            w = np.array([c.area_frac for c in comps])
+            centre = (np.array([c.centroid_rel for c in comps]) * w[:, None]).sum(0) / max(w.sum(), 1e-9)
+            stats[pid] = (np.array(present), float(area), centre)
+        joined = False
+        ids = sorted(stats, key=lambda p: -stats[p][1])
+        absorbed: set[str] = set()
+        for i, a in enumerate(ids):
+            if a in absorbed:
+                continue
+            pres_a, area_a, centre_a = stats[a]
+            for b in ids[i + 1:]:
+                if b in absorbed:
+                    continue
+                pres_b, area_b, centre_b = stats[b]
+                if (pres_a & pres_b).any() or area_b < VARIANT_MIN_AREA:
+                    continue
+                if area_b < VARIANT_AREA_RATIO * area_a or np.abs(centre_a - centre_b).max() > VARIANT_PLACE:
+                    continue
+                for g in self._groups:
+                    if g.part_id == b:
+                        g.part_id = a
+                pres_a = pres_a | pres_b
+                absorbed.add(b)
+                joined = True
+        if joined:  # ids p1..pN without gaps
+            order = sorted({g.part_id for g in self._groups if not g.noise}, key=lambda p: int(p[1:]))
+            rename = {old: f"p{k + 1}" for k, old in enumerate(order)}
+            for g in self._groups:
+                if not g.noise:
+                    g.part_id = rename[g.part_id]
+        return joined
 
     def _part_order(self) -> None:
         """Provisional ids; final ids are re-assigned by reference area in _fit_statistics."""
