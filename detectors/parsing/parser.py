@@ -65,8 +65,9 @@ from .composition import CompositionScorer, Deviation
 #: 4: colour centres adapt to each image (the references' statistics come from that parse)
 #: 5: object groups split into sub-classes with steady counts (``_split_subclasses``); an object
 #:    cut in two halves counts once (``HALF_SHARE``)
-#: 6: colour variants of one region (a tray white in some references, bluish in others) are one part
-FORMAT_VERSION = 6
+#: 6: the places of the large colour regions (session 26, reverted)
+#: 7: colour variants of one region (a tray white in some references, bluish in others) are one part
+FORMAT_VERSION = 7
 #: lightness is noisier than hue under shading and specular highlights
 LIGHTNESS_WEIGHT = 0.4
 #: blur (downscaled pixels) before clustering: shading and texture speckle stay inside a part
@@ -715,12 +716,7 @@ class SceneParser:
                 pres_a = pres_a | pres_b
                 absorbed.add(b)
                 joined = True
-        if joined:  # ids p1..pN without gaps
-            order = sorted({g.part_id for g in self._groups if not g.noise}, key=lambda p: int(p[1:]))
-            rename = {old: f"p{k + 1}" for k, old in enumerate(order)}
-            for g in self._groups:
-                if not g.noise:
-                    g.part_id = rename[g.part_id]
+        # the gap an absorbed id leaves closes when _fit_statistics renumbers the parts by area
         return joined
 
     def _part_order(self) -> None:
