@@ -25,7 +25,8 @@ from prompts.rules import NormalityRules, RulesInput, load_rules
 from .config import AgentConfig
 from .evidence import LayoutPeak, linked_rule_findings, part_words
 from .fusion import RULE_SOURCES, explain, fuse
-from .logicode import LogiCodeGenerator, LogiCodeProgram, ProgramCache, assemble, program_key, validate_pinned
+from .logicode import (MODEL_FAILURE, LogiCodeGenerator, LogiCodeProgram, ProgramCache, assemble, program_key,
+                        validate_pinned)
 from .schema import Finding, ProgramInfo, Region, Verdict
 from .text import EXPLANATION_CHARS, REASON_CHARS, clip
 
@@ -78,6 +79,25 @@ class Context:
     reference_images: list = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
+
+
+def _unavailable_reasons(program: LogiCodeProgram) -> str:
+    """Why each rule has no check, one clause per distinct reason. Rules that failed for the same
+    reason share a clause: when the model itself cannot run, every rule fails with one message,
+    and that message (which says how to install or reach the model) is kept whole rather than
+    repeated and clipped once per rule."""
+    attempts = {f.rule_id: f.attempts for f in program.functions}
+    by_reason: dict[str, list[str]] = {}
+    for rid, why in program.unavailable.items():
+        by_reason.setdefault(why, []).append(rid)
+    clauses = []
+    for why, rids in by_reason.items():
+        text = why if why.startswith(MODEL_FAILURE) else clip(why, REASON_CHARS)
+        if len(rids) == 1:
+            clauses.append(f"{rids[0]} after {attempts.get(rids[0], 0)} attempt(s): {text}")
+        else:
+            clauses.append(f"{', '.join(rids)}: {text}")
+    return "; ".join(clauses)
 
 class Agent:
     """Logical anomaly inspection with a language model, detectors and a sandbox.
@@ -338,9 +358,7 @@ class Agent:
         ctx.program = program
         ctx.program_path = self._programs.path_of(key)
         if program.unavailable:
-            attempts = {f.rule_id: f.attempts for f in program.functions}
-            reasons = "; ".join(f"{rid} after {attempts.get(rid, 0)} attempt(s): {clip(why, REASON_CHARS)}"
-                                for rid, why in program.unavailable.items())
+            reasons = _unavailable_reasons(program)
             budget = " Generation stopped when its time budget was spent." if program.budget_spent else ""
             cover = ("in zero-shot mode no detector stands in for them (there are no references to fit one on)"
                      if ctx.zero_shot else "the detectors (structural, layout, composition) cover them")

@@ -496,6 +496,22 @@ def test_model_failures_mark_the_program_as_not_cacheable():
     assert not _generate(ScriptedModel([GOOD_R1, GOOD_R2])).model_failed
 
 
+def test_a_model_failure_shared_by_every_rule_is_reported_once_and_whole():
+    """The note's reasons are clipped per rule; a model that cannot run fails every rule with one
+    message whose end says how to fix it, so it is given once, in full."""
+    from agent.core import _unavailable_reasons
+
+    why = ("model 'tiny' is not installed (expected a verified /cache/tiny.gguf); run `make model` or "
+           "`python -m agent.llm.weights install --model tiny`")
+    program = _generate(ScriptedModel([RuntimeError(why), RuntimeError(why)]))
+    note = _unavailable_reasons(program)
+    assert note.startswith("r1, r2: the language model failed") and note.count("not installed") == 1
+    assert note.endswith("--model tiny`")
+    # distinct reasons keep one clipped clause per rule
+    mixed = _unavailable_reasons(_generate(ScriptedModel([RuntimeError(why), "no code here"]), rounds=0))
+    assert mixed.startswith("r1 after 1 attempt(s): the language model failed") and "; r2 after 1 attempt(s): " in mixed
+
+
 def test_the_program_records_which_parts_each_rule_is_about():
     model = ScriptedModel([GOOD_R1, GOOD_R2, 'Here: {"r1": ["p1", "p7"], "r2": "p1", "r9": ["p1"]}'])
     program = _generate(model, ground=True)
