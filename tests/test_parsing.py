@@ -417,6 +417,60 @@ def test_colour_variants_of_one_region_are_one_part(monkeypatch):
     assert len(trays) == 2  # the failure the join removes
 
 
+def test_a_colour_seen_in_one_reference_joins_its_part(monkeypatch):
+    """The tray is white in three references and bluish in the fourth. A colour seen in one
+    reference of four is too rare to be a part of its own (noise), so that reference used to have
+    no tray at all, and neither did a query with a bluish tray; it now joins the white tray."""
+    rng = np.random.default_rng(5)
+    refs = [_two_tone_tray(rng, c) for c in (WHITE_TRAY, WHITE_TRAY, WHITE_TRAY, BLUE_TRAY)]
+    parser = SceneParser(backbone=None, image_size=280).fit(refs)
+    trays = {c.part for s in parser.reference_scenes for c in s.components if c.area_frac > 0.3}
+    assert len(trays) == 1
+    tray = trays.pop()
+    assert [s.part(tray).count for s in parser.reference_scenes] == [1, 1, 1, 1]
+    assert parser.parse(_two_tone_tray(rng, BLUE_TRAY)).part(tray).count == 1
+
+    monkeypatch.setattr(SceneParser, "_enlist_rare_regions", lambda self: None)
+    apart = SceneParser(backbone=None, image_size=280).fit(refs)
+    counts = [sum(c.area_frac > 0.3 for c in s.components) for s in apart.reference_scenes]
+    assert counts == [1, 1, 1, 0]  # the failure the enlisting removes
+
+
+def _share_scene(shares: dict[str, float]) -> Scene:
+    """A scene holding one component per part, covering ``shares`` of the product at its centre."""
+    from detectors.schema import Component, Part
+
+    comps = [Component(id=i, part=pid, area=1000 * a, area_frac=a, centroid=(50.0, 50.0),
+                       centroid_rel=(0.5, 0.5), bbox=(0, 0, 100, 100), orientation=0.0, major_axis=10.0,
+                       minor_axis=10.0, color_rgb=(200, 200, 200), color_name="white", horizontal="center",
+                       vertical="middle")
+             for i, (pid, a) in enumerate(shares.items()) if a > 0]
+    parts = [Part(id=pid, description=pid, color_name="white", count=int(a > 0), total_area=1000 * a)
+             for pid, a in shares.items()]
+    return Scene(image_size=(100, 100), product_bbox=(0, 0, 100, 100), parts=parts, components=comps)
+
+
+@pytest.mark.parametrize("other_share, joined", [(0.0, True), (0.01, True), (0.045, False)])
+def test_a_colour_holding_a_real_share_beside_the_part_is_not_its_variant(other_share, joined):
+    """Colour b is a large region in the last reference only, where a (0.4 of the product
+    elsewhere) is absent. In the third reference b also holds ``other_share`` beside a: under
+    5 % of the product it is not "present" there, but above a tenth of a's share it is a piece of
+    something else that lies beside a (a second granola colour), so the two are not variants."""
+    from detectors.parsing.parser import OBJECTS, _ShapeGroup
+
+    parser = SceneParser(backbone=None)
+    parser._groups = [_ShapeGroup(0, np.zeros(4), False, "p1"), _ShapeGroup(1, np.zeros(4), True),
+                      _ShapeGroup(OBJECTS, np.zeros(7), False, "p2")]
+    parser._enlist_rare_regions()
+    rare = parser._groups[1].part_id
+    scenes = [_share_scene({"p1": 0.4, rare: 0.0, "p2": 0.01}), _share_scene({"p1": 0.4, rare: 0.0, "p2": 0.01}),
+              _share_scene({"p1": 0.4, rare: other_share, "p2": 0.01}), _share_scene({"p1": 0.0, rare: 0.38, "p2": 0.01})]
+    assert parser._join_colour_variants(scenes) is joined
+    g = parser._groups[1]
+    assert (g.part_id, g.noise) == (("p1", False) if joined else ("", True))
+    assert not any(grp.provisional for grp in parser._groups)
+
+
 def test_two_colours_seen_together_are_not_joined():
     """Both colours in every reference, at the same centre and of about the same area (a tray
     with a bluish centre): they are two parts of the product, not variants of one."""

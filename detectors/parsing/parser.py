@@ -29,9 +29,10 @@ How it works (one algorithm for every category; all parameters come from the ref
    when both halves appear in (nearly) every reference with counts at least as steady as the
    whole group's (nuts and washers of one metal). Groups seen in too few references are
    noise and ignored; at most ``max_parts`` parts are kept. Two colours whose large regions
-   stand in for each other (each in some references, never both in one, about the same share of
-   the product at about the same place: a tray white in three photographs and bluish in the
-   fourth) are one part (``_join_colour_variants``).
+   stand in for each other (each in some references, never both with a real share in one, about
+   the same share of the product at about the same place: a tray white in three photographs and
+   bluish in the fourth, a juice red in some and orange in another) are one part
+   (``_join_colour_variants``); a colour too rare to be a part of its own may join one so.
 6. A piece much smaller than its part's components in the references, lying next to a larger
    piece of the same part, is a fragment of that piece (a fruit's shaded side, a glint on a
    nut): it is painted with the part but not counted (``FRAGMENT_SHARE``). Two neighbouring
@@ -67,7 +68,8 @@ from .composition import CompositionScorer, Deviation
 #:    cut in two halves counts once (``HALF_SHARE``)
 #: 6: the places of the large colour regions (session 26, reverted)
 #: 7: colour variants of one region (a tray white in some references, bluish in others) are one part
-FORMAT_VERSION = 7
+#: 8: a colour seen in a single reference may join its part as a variant (a juice of another colour)
+FORMAT_VERSION = 8
 #: lightness is noisier than hue under shading and specular highlights
 LIGHTNESS_WEIGHT = 0.4
 #: blur (downscaled pixels) before clustering: shading and texture speckle stay inside a part
@@ -133,6 +135,8 @@ HALF_UNION = 1.4
 VARIANT_MIN_AREA = 0.05
 VARIANT_AREA_RATIO = 0.67
 VARIANT_PLACE = 0.1
+#: ... and in no reference does the smaller of the two hold more than this share of the larger
+VARIANT_OVERLAP = 0.1
 
 
 class _ShapeGroup:
@@ -144,6 +148,7 @@ class _ShapeGroup:
         self.center = np.asarray(center, dtype=float)
         self.noise = noise
         self.part_id = part_id
+        self.provisional = False  # a rare region measured by the first parse only (see fit)
 
     def to_dict(self) -> dict:
         return {"cluster": self.cluster, "center": self.center.tolist(), "noise": bool(self.noise),
@@ -373,6 +378,8 @@ class SceneParser:
         self._fitted = True
         self._grid = None
         self._part_order()
+        if len(refs) >= 2:
+            self._enlist_rare_regions()
         # a first parse, every piece counted, gives each part's typical component area
         self._typical_area = {}
         first = [self._parse_small(s, size, lab) for s, size, lab in zip(smalls, sizes, labels)]
@@ -676,46 +683,66 @@ class SceneParser:
             groups[i].noise = True
         return groups
 
+    def _enlist_rare_regions(self) -> None:
+        """Region groups seen in too few references to be parts of their own (an orange juice in
+        one reference of four) get provisional ids, so that the first parse measures them and
+        ``_join_colour_variants`` can join them to the part they stand in for."""
+        k = len(self._groups)
+        for g in self._groups:
+            if g.noise and g.cluster != OBJECTS:
+                k += 1
+                g.part_id, g.noise, g.provisional = f"p{k}", False, True
+
     def _join_colour_variants(self, scenes: Sequence[Scene]) -> bool:
         """Regions of two colours that stand for one part in different references (a tray that is
-        bluish-white in one photograph and white in the others) become one part: each colour is a
-        large region in some references, never both in the same one, and they cover about the same
-        share of the product at about the same place."""
-        if len(scenes) < 2:  # one image cannot show a colour standing in for another
-            return False
+        bluish-white in one photograph and white in the others, a juice that is red in three and
+        orange in the fourth) become one part: each colour is a large region in some references,
+        never both in the same one, and they cover about the same share of the product at about
+        the same place. A colour seen in a single reference (a provisional group, see
+        ``_enlist_rare_regions``) may join a part but never takes one in; if it joins none it
+        stays noise."""
+        provisional = {g.part_id for g in self._groups if g.provisional}
         region_ids = {g.part_id for g in self._groups if not g.noise and g.cluster != OBJECTS}
         stats = {}
-        for pid in region_ids:
-            present = [s.part(pid).count > 0 for s in scenes]
-            comps = [c for s in scenes for c in s.components if c.part == pid]
+        for pid in region_ids if len(scenes) >= 2 else ():  # one image cannot show a colour standing in for another
+            # present where it is a large region: a speck of the colour elsewhere (a reflection of
+            # a red juice on an orange one) is not that part standing in that reference
+            shares = np.array([sum(c.area_frac for c in s.components if c.part == pid) for s in scenes])
+            present = shares >= VARIANT_MIN_AREA
+            comps = [c for s, here in zip(scenes, present) if here for c in s.components if c.part == pid]
             if not comps:
                 continue
-            area = np.mean([sum(c.area_frac for c in s.components if c.part == pid)
-                            for s, here in zip(scenes, present) if here])
+            area = float(shares[present].mean())
             w = np.array([c.area_frac for c in comps])
             centre = (np.array([c.centroid_rel for c in comps]) * w[:, None]).sum(0) / max(w.sum(), 1e-9)
-            stats[pid] = (np.array(present), float(area), centre)
+            stats[pid] = (present, float(area), centre, shares)
         joined = False
         ids = sorted(stats, key=lambda p: -stats[p][1])
         absorbed: set[str] = set()
-        for i, a in enumerate(ids):
-            if a in absorbed:
+        for a in ids:
+            if a in absorbed or a in provisional:
                 continue
-            pres_a, area_a, centre_a = stats[a]
-            for b in ids[i + 1:]:
-                if b in absorbed:
+            pres_a, area_a, centre_a, shares_a = stats[a]
+            for b in ids:
+                if b == a or b in absorbed or (b not in provisional and stats[b][1] > area_a):
+                    continue  # a real part joins only a larger one; a provisional group any part
+                pres_b, area_b, centre_b, shares_b = stats[b]
+                # one colour stands in for the other: in no reference do both hold a real share
+                if (pres_a & pres_b).any() or (np.minimum(shares_a, shares_b)
+                                               > VARIANT_OVERLAP * np.maximum(shares_a, shares_b)).any():
                     continue
-                pres_b, area_b, centre_b = stats[b]
-                if (pres_a & pres_b).any() or area_b < VARIANT_MIN_AREA:
-                    continue
-                if area_b < VARIANT_AREA_RATIO * area_a or np.abs(centre_a - centre_b).max() > VARIANT_PLACE:
+                if (min(area_a, area_b) < VARIANT_AREA_RATIO * max(area_a, area_b)
+                        or np.abs(centre_a - centre_b).max() > VARIANT_PLACE):
                     continue
                 for g in self._groups:
                     if g.part_id == b:
-                        g.part_id = a
-                pres_a = pres_a | pres_b
+                        g.part_id, g.provisional = a, False
+                pres_a, shares_a = pres_a | pres_b, shares_a + shares_b
                 absorbed.add(b)
                 joined = True
+        for g in self._groups:
+            if g.provisional:  # joined no part: noise, as before
+                g.part_id, g.noise, g.provisional = "", True, False
         # the gap an absorbed id leaves closes when _fit_statistics renumbers the parts by area
         return joined
 
