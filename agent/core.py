@@ -80,24 +80,25 @@ class Context:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-
 def _unavailable_reasons(program: LogiCodeProgram) -> str:
     """Why each rule has no check, one clause per distinct reason. Rules that failed for the same
     reason share a clause: when the model itself cannot run, every rule fails with one message,
-    and that message (which says how to install or reach the model) is kept whole rather than
-    repeated and clipped once per rule."""
+    and that message (which says how to install or reach the model) is given once, clipped at four
+    times the usual length rather than repeated and clipped once per rule."""
     attempts = {f.rule_id: f.attempts for f in program.functions}
     by_reason: dict[str, list[str]] = {}
     for rid, why in program.unavailable.items():
         by_reason.setdefault(why, []).append(rid)
     clauses = []
     for why, rids in by_reason.items():
-        text = why if why.startswith(MODEL_FAILURE) else clip(why, REASON_CHARS)
+        # a model failure's fix comes last; a generous bound still keeps a server's error page out
+        text = clip(why, 4 * REASON_CHARS if why.startswith(MODEL_FAILURE) else REASON_CHARS)
         if len(rids) == 1:
             clauses.append(f"{rids[0]} after {attempts.get(rids[0], 0)} attempt(s): {text}")
         else:
             clauses.append(f"{', '.join(rids)}: {text}")
     return "; ".join(clauses)
+
 
 class Agent:
     """Logical anomaly inspection with a language model, detectors and a sandbox.

@@ -697,8 +697,8 @@ class SceneParser:
         """Regions of two colours that stand for one part in different references (a tray that is
         bluish-white in one photograph and white in the others, a juice that is red in three and
         orange in the fourth) become one part: each colour is a large region in some references,
-        never both in the same one, and they cover about the same share of the product at about
-        the same place. A colour seen in a single reference (a provisional group, see
+        never both in the same one (nor does either hold over ``VARIANT_OVERLAP`` of the other's
+        share there), and they cover about the same share of the product at about the same place. A colour seen in a single reference (a provisional group, see
         ``_enlist_rare_regions``) may join a part but never takes one in; if it joins none it
         stays noise."""
         provisional = {g.part_id for g in self._groups if g.provisional}
