@@ -397,24 +397,34 @@ def _two_tone_tray(rng: np.random.Generator, tray_color, inner=None) -> np.ndarr
 WHITE_TRAY, BLUE_TRAY = (232, 232, 226), (185, 205, 250)
 
 
+def _tray_parts(parser: SceneParser) -> set[str]:
+    """The parts that hold a tray-sized component (over 30 % of the product) in some reference."""
+    return {c.part for s in parser.reference_scenes for c in s.components if c.area_frac > 0.3}
+
+
+def _fit_one_tray(refs) -> tuple[SceneParser, str]:
+    """Fit on ``refs`` and check that the tray is one part, counted once in every reference."""
+    parser = SceneParser(backbone=None, image_size=280).fit(refs)
+    trays = _tray_parts(parser)
+    assert len(trays) == 1
+    tray = trays.pop()
+    assert [s.part(tray).count for s in parser.reference_scenes] == [1, 1, 1, 1]
+    return parser, tray
+
+
 def test_colour_variants_of_one_region_are_one_part(monkeypatch):
     """A tray that is white in two references and bluish in the other two: two colour clusters,
     each a large region at the same place in half of the references, never both in one. They
     are one part, counted once in every image; without the join they are two parts of 0-1."""
     rng = np.random.default_rng(3)
     refs = [_two_tone_tray(rng, c) for c in (WHITE_TRAY, BLUE_TRAY, WHITE_TRAY, BLUE_TRAY)]
-    parser = SceneParser(backbone=None, image_size=280).fit(refs)
-    trays = {c.part for s in parser.reference_scenes for c in s.components if c.area_frac > 0.3}
-    assert len(trays) == 1
-    tray = trays.pop()
-    assert [s.part(tray).count for s in parser.reference_scenes] == [1, 1, 1, 1]
+    parser, tray = _fit_one_tray(refs)
     for colour in (WHITE_TRAY, BLUE_TRAY):
         assert parser.parse(_two_tone_tray(rng, colour)).part(tray).count == 1
 
     monkeypatch.setattr(SceneParser, "_join_colour_variants", lambda self, scenes: False)
     apart = SceneParser(backbone=None, image_size=280).fit(refs)
-    trays = {c.part for s in apart.reference_scenes for c in s.components if c.area_frac > 0.3}
-    assert len(trays) == 2  # the failure the join removes
+    assert len(_tray_parts(apart)) == 2  # the failure the join removes
 
 
 def test_a_colour_seen_in_one_reference_joins_its_part(monkeypatch):
@@ -423,11 +433,7 @@ def test_a_colour_seen_in_one_reference_joins_its_part(monkeypatch):
     no tray at all, and neither did a query with a bluish tray; it now joins the white tray."""
     rng = np.random.default_rng(5)
     refs = [_two_tone_tray(rng, c) for c in (WHITE_TRAY, WHITE_TRAY, WHITE_TRAY, BLUE_TRAY)]
-    parser = SceneParser(backbone=None, image_size=280).fit(refs)
-    trays = {c.part for s in parser.reference_scenes for c in s.components if c.area_frac > 0.3}
-    assert len(trays) == 1
-    tray = trays.pop()
-    assert [s.part(tray).count for s in parser.reference_scenes] == [1, 1, 1, 1]
+    parser, tray = _fit_one_tray(refs)
     assert parser.parse(_two_tone_tray(rng, BLUE_TRAY)).part(tray).count == 1
 
     monkeypatch.setattr(SceneParser, "_enlist_rare_regions", lambda self: None)

@@ -703,8 +703,10 @@ class SceneParser:
         stays noise."""
         provisional = {g.part_id for g in self._groups if g.provisional}
         region_ids = {g.part_id for g in self._groups if not g.noise and g.cluster != OBJECTS}
+        if len(scenes) < 2:  # one image cannot show a colour standing in for another
+            region_ids = set()
         stats = {}
-        for pid in region_ids if len(scenes) >= 2 else ():  # one image cannot show a colour standing in for another
+        for pid in region_ids:
             # present where it is a large region: a speck of the colour elsewhere (a reflection of
             # a red juice on an orange one) is not that part standing in that reference
             shares = np.array([sum(c.area_frac for c in s.components if c.part == pid) for s in scenes])
