@@ -485,3 +485,43 @@ def test_two_colours_seen_together_are_not_joined():
     parser = SceneParser(backbone=None, image_size=280).fit(refs)
     regions = {c.part for s in parser.reference_scenes for c in s.components if c.area_frac > 0.15}
     assert len(regions) == 2
+
+
+def _dark_bag(rng: np.random.Generator, rings: int = 3, bag=(58, 58, 62)) -> np.ndarray:
+    """A dark bag on a darker table, light rings lying on it: the bag's colour is near enough
+    the table's to share its colour cluster (lightness weighs little), but it is lighter than
+    any of the table at the image border."""
+    img = np.zeros((H, W, 3), np.float32) + (18, 18, 22)
+    yy, xx = np.mgrid[:H, :W]
+    j = lambda: rng.integers(-3, 4)  # noqa: E731 - small placement jitter
+    img[25 + j():175 + j(), 30 + j():250 + j()] = bag
+    for i in range(rings):
+        cy, cx = 70 + 50 * (i % 2) + j(), 70 + 60 * i + j()
+        r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        img[(r2 < 12 ** 2) & (r2 > 5 ** 2)] = (190, 190, 185)
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_a_dark_product_area_lighter_than_the_background_is_a_part(monkeypatch):
+    """The dark bag is one part, counted once, in the references and in queries, and the rings
+    on it are counted; without the lit-background step the bag is background (no part)."""
+    import detectors.parsing.parser as parser_module
+
+    rng = np.random.default_rng(5)
+    refs = [_dark_bag(rng) for _ in range(4)]
+    parser = SceneParser(backbone=None, image_size=280).fit(refs)
+    bags = {c.part for s in parser.reference_scenes for c in s.components if c.area_frac > 0.5}
+    assert len(bags) == 1
+    bag = bags.pop()
+    assert [s.part(bag).count for s in parser.reference_scenes] == [1, 1, 1, 1]
+    rings = next(p.id for p in parser.reference_scenes[0].parts if p.count == 3)
+    for n in (3, 2, 4):
+        scene = parser.parse(_dark_bag(rng, rings=n))
+        assert (scene.part(bag).count, scene.part(rings).count) == (1, n)
+    assert parser.composition_score(parser.parse(_dark_bag(rng, rings=2))) > parser.composition_score(
+        parser.parse(_dark_bag(rng, rings=3)))
+
+    monkeypatch.setattr(parser_module, "LIT_MARGIN", float("inf"))
+    unlit = SceneParser(backbone=None, image_size=280).fit(refs)
+    assert not any(c.area_frac > 0.5 for s in unlit.reference_scenes for c in s.components)

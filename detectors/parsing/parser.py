@@ -69,7 +69,8 @@ from .composition import CompositionScorer, Deviation
 #: 6: the places of the large colour regions (session 26, reverted)
 #: 7: colour variants of one region (a tray white in some references, bluish in others) are one part
 #: 8: a colour seen in a single reference may join its part as a variant (a juice of another colour)
-FORMAT_VERSION = 8
+#: 9: background-coloured areas lighter than the background at the border are product
+FORMAT_VERSION = 9
 #: lightness is noisier than hue under shading and specular highlights
 LIGHTNESS_WEIGHT = 0.4
 #: blur (downscaled pixels) before clustering: shading and texture speckle stay inside a part
@@ -84,6 +85,11 @@ MERGE_DISTANCE = 15.0
 ADAPT_ROUNDS = 2
 ADAPT_ANCHOR = 0.5
 ADAPT_MIN_PIXELS = 50
+#: background-coloured pixels this much lighter (Lab L) than the background at the image border
+#: (its 99th percentile) lie on the product
+LIT_MARGIN = 10.0
+#: ... and within this many pixels of another colour they are its blurred edge
+LIT_RIM = 3.0
 #: a cluster is background if it covers at least this share of the image border
 BORDER_SHARE_BACKGROUND = 0.12
 #: shape-feature scales: differences of about this size are "one unit" apart
@@ -359,7 +365,7 @@ class SceneParser:
         self._centers = centers
         labels = [self._label_map(f, s.shape[:2]) for f, s in zip(feats, smalls)]
         self._background = self._find_background(labels)
-        labels = [self._enclosed(lab) for lab in labels]
+        labels = [self._enclosed(lab, f[:, 0].reshape(lab.shape) / LIGHTNESS_WEIGHT) for lab, f in zip(labels, feats)]
         contrasts = [self._contrast(small, lab) for small, lab in zip(smalls, labels)]
         self._thing_threshold = self._fit_thing_threshold(contrasts)
         labels = [self._mark_things(lab, con) for lab, con in zip(labels, contrasts)]
@@ -573,9 +579,12 @@ class SceneParser:
         out[things] = 2 * len(self._centers)
         return out
 
-    def _enclosed(self, labels: np.ndarray) -> np.ndarray:
+    def _enclosed(self, labels: np.ndarray, lightness: np.ndarray) -> np.ndarray:
         """Background-coloured regions that do not touch the image border lie on the product
-        (dark almonds in a tray on a dark table): give them their own cluster index, c + K."""
+        (dark almonds in a tray on a dark table): give them their own cluster index, c + K.
+        So do background-coloured areas lighter than the background ever is at the border
+        (dark glass, a dark bag): lightness weighs little in the colour clusters, so they
+        fall into the background's cluster, though no background pixel is as light."""
         bg = np.isin(labels, list(self._background))
         comp, n = ndi.label(bg)
         if n == 0:
@@ -584,6 +593,22 @@ class SceneParser:
         enclosed = bg & ~np.isin(comp, edge)
         out = labels.copy()
         out[enclosed] += len(self._centers)
+        border = np.concatenate([lightness[0], lightness[-1], lightness[:, 0], lightness[:, -1]])
+        border_bg = np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]])
+        if border_bg.sum() < 16:
+            return out
+        lit = bg & ~enclosed & (lightness > np.percentile(border[border_bg], 99) + LIT_MARGIN)
+        # a lit pixel next to another colour is that colour's blurred edge, not a part of its
+        # own: on the product (a nut's halo on a dark bag) it belongs to that colour; between
+        # the product and the plain background (a light tray's rim) it stays background
+        distance, (iy, ix) = ndi.distance_transform_edt(bg, return_indices=True)
+        rim = lit & (distance <= LIT_RIM)
+        inner = rim & (ndi.distance_transform_edt(~(bg & ~lit)) > LIT_RIM)
+        out[inner] = labels[iy[inner], ix[inner]]
+        lit &= ~rim
+        lit_comp, _ = ndi.label(lit)
+        lit_edge = np.unique(np.concatenate([lit_comp[0], lit_comp[-1], lit_comp[:, 0], lit_comp[:, -1]]))
+        out[lit & ~np.isin(lit_comp, lit_edge)] += len(self._centers)
         return out
 
     def _find_background(self, labels: Sequence[np.ndarray]) -> set[int]:
@@ -768,7 +793,9 @@ class SceneParser:
         deep = None
         if self._pca is not None:
             deep = self._deep_features(image, small.shape[:2], features)
-        labels = self._enclosed(self._label_map(self._pixel_features(small, deep), small.shape[:2]))
+        feats = self._pixel_features(small, deep)
+        labels = self._label_map(feats, small.shape[:2])
+        labels = self._enclosed(labels, feats[:, 0].reshape(labels.shape) / LIGHTNESS_WEIGHT)
         labels = self._mark_things(labels, self._contrast(small, labels))
         return self._parse_small(small, size, labels)
 
