@@ -12,7 +12,9 @@ How it works (one algorithm for every category; all parameters come from the ref
    halfway to their fitted values (a darker or bluer photograph keeps its parts).
 3. Clusters that cover the image border in the references are background (regions of a
    background colour enclosed by the product get a cluster of their own: dark almonds in a
-   tray); the rest is the product, whose bounding box is the frame for relative positions.
+   tray; so do background-coloured areas lighter than the image's border background, such as
+   dark glass or a dark bag, whose blurred rims stay background or join their neighbour); the
+   rest is the product, whose bounding box is the frame for relative positions.
 4. THINGS: pixels whose colour differs from the local surface (the median colour of a window
    wider than the objects, ``SURFACE_WINDOW``) by more than a threshold learned on the
    references (Otsu) are things: a shiny screw, a pushpin or a clamp is one object whatever its
@@ -219,6 +221,11 @@ def _split_subclasses(X: np.ndarray, refs_of: np.ndarray, assign: np.ndarray, n_
     return out
 
 
+def _lightness(features: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The blurred Lab L of each pixel, back from its down-weighted pixel feature."""
+    return features[:, 0].reshape(shape) / LIGHTNESS_WEIGHT
+
+
 def _disk(radius: int) -> np.ndarray:
     yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
     return xx ** 2 + yy ** 2 <= radius ** 2 + radius
@@ -365,7 +372,7 @@ class SceneParser:
         self._centers = centers
         labels = [self._label_map(f, s.shape[:2]) for f, s in zip(feats, smalls)]
         self._background = self._find_background(labels)
-        labels = [self._enclosed(lab, f[:, 0].reshape(lab.shape) / LIGHTNESS_WEIGHT) for lab, f in zip(labels, feats)]
+        labels = [self._enclosed(lab, _lightness(f, lab.shape)) for lab, f in zip(labels, feats)]
         contrasts = [self._contrast(small, lab) for small, lab in zip(smalls, labels)]
         self._thing_threshold = self._fit_thing_threshold(contrasts)
         labels = [self._mark_things(lab, con) for lab, con in zip(labels, contrasts)]
@@ -795,7 +802,7 @@ class SceneParser:
             deep = self._deep_features(image, small.shape[:2], features)
         feats = self._pixel_features(small, deep)
         labels = self._label_map(feats, small.shape[:2])
-        labels = self._enclosed(labels, feats[:, 0].reshape(labels.shape) / LIGHTNESS_WEIGHT)
+        labels = self._enclosed(labels, _lightness(feats, labels.shape))
         labels = self._mark_things(labels, self._contrast(small, labels))
         return self._parse_small(small, size, labels)
 
