@@ -496,7 +496,7 @@ def _dark_bag(rng: np.random.Generator, rings: int = 3, bag=(58, 58, 62)) -> np.
     j = lambda: rng.integers(-3, 4)  # noqa: E731 - small placement jitter
     img[25 + j():175 + j(), 30 + j():250 + j()] = bag
     for i in range(rings):
-        cy, cx = 70 + 50 * (i % 2) + j(), 70 + 60 * i + j()
+        cy, cx = 70 + 50 * (i % 2) + j(), 65 + 45 * i + j()
         r2 = (yy - cy) ** 2 + (xx - cx) ** 2
         img[(r2 < 12 ** 2) & (r2 > 5 ** 2)] = (190, 190, 185)
     img += rng.normal(0, 4, img.shape)
