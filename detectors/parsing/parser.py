@@ -226,6 +226,17 @@ def _lightness(features: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return features[:, 0].reshape(shape) / LIGHTNESS_WEIGHT
 
 
+def _border(image: np.ndarray) -> np.ndarray:
+    """The pixels on an image's four edges, in one flat array."""
+    return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+
+
+def _off_border(mask: np.ndarray) -> np.ndarray:
+    """The pixels of ``mask`` whose connected component does not reach the image border."""
+    components, _ = ndi.label(mask)
+    return mask & ~np.isin(components, _border(components))
+
+
 def _disk(radius: int) -> np.ndarray:
     yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
     return xx ** 2 + yy ** 2 <= radius ** 2 + radius
@@ -372,7 +383,7 @@ class SceneParser:
         self._centers = centers
         labels = [self._label_map(f, s.shape[:2]) for f, s in zip(feats, smalls)]
         self._background = self._find_background(labels)
-        labels = [self._enclosed(lab, _lightness(f, lab.shape)) for lab, f in zip(labels, feats)]
+        labels = [self._background_on_product(lab, _lightness(f, lab.shape)) for lab, f in zip(labels, feats)]
         contrasts = [self._contrast(small, lab) for small, lab in zip(smalls, labels)]
         self._thing_threshold = self._fit_thing_threshold(contrasts)
         labels = [self._mark_things(lab, con) for lab, con in zip(labels, contrasts)]
@@ -586,22 +597,17 @@ class SceneParser:
         out[things] = 2 * len(self._centers)
         return out
 
-    def _enclosed(self, labels: np.ndarray, lightness: np.ndarray) -> np.ndarray:
+    def _background_on_product(self, labels: np.ndarray, lightness: np.ndarray) -> np.ndarray:
         """Background-coloured regions that do not touch the image border lie on the product
         (dark almonds in a tray on a dark table): give them their own cluster index, c + K.
         So do background-coloured areas lighter than the background ever is at the border
         (dark glass, a dark bag): lightness weighs little in the colour clusters, so they
         fall into the background's cluster, though no background pixel is as light."""
         bg = np.isin(labels, list(self._background))
-        comp, n = ndi.label(bg)
-        if n == 0:
-            return labels
-        edge = np.unique(np.concatenate([comp[0], comp[-1], comp[:, 0], comp[:, -1]]))
-        enclosed = bg & ~np.isin(comp, edge)
+        enclosed = _off_border(bg)
         out = labels.copy()
         out[enclosed] += len(self._centers)
-        border = np.concatenate([lightness[0], lightness[-1], lightness[:, 0], lightness[:, -1]])
-        border_bg = np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]])
+        border, border_bg = _border(lightness), _border(bg)
         if border_bg.sum() < 16:
             return out
         lit = bg & ~enclosed & (lightness > np.percentile(border[border_bg], 99) + LIT_MARGIN)
@@ -612,16 +618,13 @@ class SceneParser:
         rim = lit & (distance <= LIT_RIM)
         inner = rim & (ndi.distance_transform_edt(~(bg & ~lit)) > LIT_RIM)
         out[inner] = labels[iy[inner], ix[inner]]
-        lit &= ~rim
-        lit_comp, _ = ndi.label(lit)
-        lit_edge = np.unique(np.concatenate([lit_comp[0], lit_comp[-1], lit_comp[:, 0], lit_comp[:, -1]]))
-        out[lit & ~np.isin(lit_comp, lit_edge)] += len(self._centers)
+        out[_off_border(lit & ~rim)] += len(self._centers)
         return out
 
     def _find_background(self, labels: Sequence[np.ndarray]) -> set[int]:
         share = np.zeros(len(self._centers))
         for lab in labels:
-            border = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])
+            border = _border(lab)
             share += np.bincount(border, minlength=len(self._centers)) / border.size
         share /= len(labels)
         bg = {int(c) for c in np.flatnonzero(share >= BORDER_SHARE_BACKGROUND)}
@@ -730,7 +733,8 @@ class SceneParser:
         bluish-white in one photograph and white in the others, a juice that is red in three and
         orange in the fourth) become one part: each colour is a large region in some references,
         never both in the same one (nor does either hold over ``VARIANT_OVERLAP`` of the other's
-        share there), and they cover about the same share of the product at about the same place. A colour seen in a single reference (a provisional group, see
+        share there), and they cover about the same share of the product at about the same
+        place. A colour seen in a single reference (a provisional group, see
         ``_enlist_rare_regions``) may join a part but never takes one in; if it joins none it
         stays noise."""
         provisional = {g.part_id for g in self._groups if g.provisional}
@@ -802,7 +806,7 @@ class SceneParser:
             deep = self._deep_features(image, small.shape[:2], features)
         feats = self._pixel_features(small, deep)
         labels = self._label_map(feats, small.shape[:2])
-        labels = self._enclosed(labels, _lightness(feats, labels.shape))
+        labels = self._background_on_product(labels, _lightness(feats, labels.shape))
         labels = self._mark_things(labels, self._contrast(small, labels))
         return self._parse_small(small, size, labels)
 
