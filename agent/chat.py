@@ -10,7 +10,6 @@ agent's chat model with the verdict and scene as context.
 from __future__ import annotations
 
 import glob
-import json
 import re
 import shlex
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .schema import Finding, Verdict
+from .text import format_value
 
 HELP = """Commands:
   inspect PATH            check an image against the rules
@@ -46,15 +46,9 @@ class ChatReply:
     intent: str = "llm"
 
 
-def _fmt_value(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, default=str)
-
-
 def finding_line(f: Finding) -> str:
     mark = "PASS" if f.passed else "FAIL"
-    line = f"[{mark}] {f.rule_id}: {f.rule_text} — expected {_fmt_value(f.expected)}, observed {_fmt_value(f.observed)}"
+    line = f"[{mark}] {f.rule_id}: {f.rule_text} — expected {format_value(f.expected)}, observed {format_value(f.observed)}"
     return line + (f". {f.explanation}" if f.explanation else "")
 
 
@@ -319,7 +313,7 @@ class ChatSession:
             return ChatReply(f"There is no rule '{key}' in the last verdict. Rules: {ids}.", intent="why")
         status = "failed" if not f.passed else "passed (it did not fail)"
         lines = [f"Rule {f.rule_id} ({f.rule_text}) {status}.",
-                 f"Expected {_fmt_value(f.expected)}; observed {_fmt_value(f.observed)}."]
+                 f"Expected {format_value(f.expected)}; observed {format_value(f.observed)}."]
         if f.explanation:
             lines.append(f.explanation)
         if f.evidence:
@@ -362,8 +356,8 @@ class ChatSession:
         for f in self.verdict.findings:
             rule_words = {_singular(x) for x in re.findall(r"[a-z]+", f.rule_text.lower())}
             if keys & rule_words:
-                lines.append(f"Rule {f.rule_id} ({f.rule_text}): observed {_fmt_value(f.observed)}, "
-                             f"expected {_fmt_value(f.expected)} — {'pass' if f.passed else 'FAIL'}.")
+                lines.append(f"Rule {f.rule_id} ({f.rule_text}): observed {format_value(f.observed)}, "
+                             f"expected {format_value(f.expected)} — {'pass' if f.passed else 'FAIL'}.")
         if lines:
             return ChatReply(f"About '{noun}' in the last image:\n" + "\n".join(lines), intent="count")
         parts = ", ".join(f"{p.name or p.id}={p.count}" for p in getattr(self.scene, "parts", None) or []) or "none"

@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from .text import format_value
+
 app = typer.Typer(
     name="logiscan",
     help="Find logical anomalies in product images (missing parts, wrong counts, wrong colours) and say why.",
@@ -119,17 +121,12 @@ def print_verdict(console: Console, verdict) -> None:
         for f in verdict.findings:
             table.add_row(
                 f.rule_id, f.rule_text, "[green]pass[/]" if f.passed else "[bold red]FAIL[/]",
-                _short(f.expected), _short(f.observed), f.explanation,
+                format_value(f.expected, 60), format_value(f.observed, 60), f.explanation,
             )
         console.print(table)
     if verdict.program is not None:
         console.print(f"[dim]program {verdict.program.sha256[:12]} ({verdict.program.origin})"
                       + (f" · {sum(verdict.timings.values()):.2f}s" if verdict.timings else "") + "[/]")
-
-
-def _short(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # ------------------------------------------------------------------------------ inspect

@@ -50,6 +50,7 @@ from typing import Optional, Sequence
 
 from .config import FusionConfig
 from .schema import Finding
+from .text import format_value
 
 #: findings that judge a normality rule (the rest is evidence from the detectors)
 RULE_SOURCES = ("logicode", "model")
@@ -113,26 +114,20 @@ def detector_evidence(weighted: Sequence[tuple[float, float]], *, power: float) 
 _EPS = 1e-6
 
 
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
 def finding_sentence(f: Finding) -> str:
     """One sentence per finding, with observed vs expected values."""
     status = "passed" if f.passed else "FAILED"
     values = ""
     if f.expected is not None or f.observed is not None:
-        values = f": expected {_fmt(f.expected)}, observed {_fmt(f.observed)}"
+        values = f": expected {format_value(f.expected)}, observed {format_value(f.observed)}"
     what = f" ({f.explanation})" if f.explanation else ""
     return f"Rule {f.rule_id} {status} — \"{f.rule_text}\"{values}{what}."
 
 
 def linked_sentence(f: Finding) -> str:
     """A rule implicated by detector evidence (see ``agent.evidence``), not judged by a check."""
-    return (f"Rule {f.rule_id} likely violated — \"{f.rule_text}\": expected {_fmt(f.expected)}, "
-            f"observed {_fmt(f.observed)} ({f.explanation}).")
+    return (f"Rule {f.rule_id} likely violated — \"{f.rule_text}\": expected {format_value(f.expected)}, "
+            f"observed {format_value(f.observed)} ({f.explanation}).")
 
 
 def explain(

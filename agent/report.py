@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from .metrics import AuditMetrics
+from .text import format_value
 
 MAX_FLAGGED = 48
 MAX_MISSES = 12
@@ -53,7 +53,7 @@ def _embed(out: Path, rel: Optional[str]) -> str:
 
 
 def _value(v: object) -> str:
-    return _e(json.dumps(v, default=str)) if not isinstance(v, str) else _e(v)
+    return _e(format_value(v))
 
 
 def _card(out: Path, r, note: str = "") -> str:

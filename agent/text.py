@@ -1,4 +1,5 @@
-"""Short texts for verdicts: long reasons are cut at a word, with an ellipsis, never mid-word."""
+"""Short texts for verdicts: long reasons are cut at a word, with an ellipsis, never mid-word,
+and a finding's values are printed the same way wherever people read them."""
 
 from __future__ import annotations
 
@@ -19,3 +20,51 @@ def clip(text: object, limit: int) -> str:
     if space > limit // 2:
         cut = cut[:space]
     return cut.rstrip(" ,;:") + "…"
+
+
+#: values of a finding longer than this are clipped in tables and sentences
+VALUE_CHARS = 120
+
+
+def format_value(value: object, limit: int = VALUE_CHARS) -> str:
+    """A finding's expected or observed value for people to read.
+
+    Check programs return what they measured, and small models often return the scene's own
+    objects rather than a number: a list of components or parts. Printed raw, such a value is
+    a JSON dump (or, when empty, ``[]``); here it reads as what it is: "none", "2 components
+    of p3", "parts p2 (2), p5 (1)". Numbers keep three significant digits at any depth."""
+    return clip(_readable(value), limit)
+
+
+def _readable(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        if not value:
+            return "none"
+        if all("bbox" in v and "part" in v for v in value):
+            return _components(value)
+        if all("id" in v and "count" in v for v in value):
+            return "parts " + ", ".join(f"{v['id']} ({v['count']})" for v in value)
+    return _compact(value)
+
+
+def _components(components: list[dict]) -> str:
+    parts = sorted({str(c["part"]) for c in components})
+    noun = "component" if len(components) == 1 else "components"
+    if len(parts) == 1:
+        return f"{len(components)} {noun} of {parts[0]}"
+    tally = ", ".join(f"{p} x{sum(str(c['part']) == p for c in components)}" for p in parts)
+    return f"{len(components)} {noun} ({tally})"
+
+
+def _compact(value: object) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_compact(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_compact(v)}" for k, v in value.items()) + "}"
+    return str(value)

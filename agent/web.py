@@ -10,6 +10,8 @@ import socket
 import threading
 from typing import Any, Callable, Optional
 
+from .text import format_value
+
 HOST = "127.0.0.1"
 CUSTOM = "(custom rules below)"
 
@@ -45,9 +47,7 @@ class _SharedAgent:
 
 
 def _findings_rows(verdict) -> list[list[str]]:
-    from .chat import _fmt_value
-
-    return [[f.rule_id, f.rule_text, "pass" if f.passed else "FAIL", _fmt_value(f.expected), _fmt_value(f.observed),
+    return [[f.rule_id, f.rule_text, "pass" if f.passed else "FAIL", format_value(f.expected), format_value(f.observed),
              f.explanation] for f in verdict.findings]
 
 

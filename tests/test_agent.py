@@ -14,6 +14,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 from agent import Agent, AgentConfig, Verdict
+from agent.text import format_value
 from detectors.data.synth import SynthGenerator
 
 COUNT_CHECK = """```python
@@ -184,7 +185,7 @@ def test_run_returns_a_grounded_verdict(agent):
     assert failed and failed[0].source == "logicode"
     assert failed[0].expected == [] and failed[0].observed  # the parts whose count left the range
     assert f"Rule {failed[0].rule_id} FAILED" in extra.explanation
-    assert f"expected [], observed {failed[0].observed}" in extra.explanation
+    assert f"expected none, observed {format_value(failed[0].observed)}" in extra.explanation
     assert not [f for f in good.findings if f.source == "logicode" and not f.passed]
     assert extra.program.sha256 and extra.models["logicode"] == "counting-fake"
     assert set(extra.component_scores) >= {"logic", "structural", "composition"}

@@ -101,3 +101,25 @@ def test_long_reasons_are_clipped_at_a_word():
     assert reason.startswith(short[:-1])
     assert clip("a\n  b", 10) == "a b"  # one line
     assert clip("x" * 50, 10) == "x" * 9 + "…"  # no word to cut at: cut at the limit
+
+
+def test_values_made_of_scene_objects_read_as_what_they_are():
+    """Small models return the scene's own components or parts as a finding's value; the
+    verdict says how many and of which part, not a JSON dump (or an empty ``[]``)."""
+    from agent.fusion import finding_sentence
+    from agent.text import format_value
+
+    screw = {"id": 4, "part": "p3", "bbox": [10, 20, 60, 30], "area": 512.0, "color_name": "gray"}
+    nut = {**screw, "id": 5, "part": "p5"}
+    assert format_value([]) == "none"
+    assert format_value([screw]) == "1 component of p3"
+    assert format_value([screw, {**screw, "id": 6}, nut]) == "3 components (p3 x2, p5 x1)"
+    assert format_value([{"id": "p3", "count": 2, "description": "p3: gray, elongated"},
+                         {"id": "p5", "count": 0, "description": "p5: gray, round"}]) == "parts p3 (2), p5 (0)"
+    assert format_value([0.123456, 2, "red", None]) == "[0.123, 2, red, None]"
+    assert format_value({"left": 2.0004}) == "{left: 2}"
+    assert format_value("two screws") == "two screws" and format_value(7) == "7"
+    assert len(format_value(list(range(500)))) <= 120  # clipped, never a page of numbers
+    sentence = finding_sentence(Finding(rule_id="r1", rule_text="Exactly two screws.", passed=False,
+                                        expected=2, observed=[screw], source="logicode"))
+    assert "expected 2, observed 1 component of p3" in sentence and "bbox" not in sentence
