@@ -150,6 +150,13 @@ def _open(fp: object, name: str) -> Image.Image:
                     f"{MAX_PIXELS} (possible decompression bomb)."
                 )
             img.load()
+            if getattr(img, "n_frames", 1) > 1:
+                # a multi-frame file (animated GIF or PNG, multi-page TIFF) keeps its file open to
+                # seek between frames, and the conversions below would drop it unclosed (a
+                # ResourceWarning per image, an error under -W error): keep the first frame
+                first = img.copy()
+                img.close()
+                img = first
     except ImageInputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -131,3 +131,18 @@ def test_bad_arrays_and_types_are_refused():
 def test_bytes_input():
     data = _png_bytes(Image.new("RGB", (3, 2), (9, 8, 7)))
     assert np.asarray(load_image(data))[0, 0].tolist() == [9, 8, 7]
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_a_multi_frame_file_gives_its_first_frame_and_is_closed(tmp_path):
+    """An animated GIF keeps its file open for seeking, and the conversion to RGB dropped it
+    unclosed (a ResourceWarning per image, an error under ``-W error``)."""
+    frames = [Image.new("RGB", (40, 30), (200 if i == 0 else 0, 0, 120 * i % 256)) for i in range(3)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        img = load_image(path)
+    arr = np.asarray(img)
+    assert img.mode == "RGB" and img.size == (40, 30)
+    assert arr[..., 0].mean() > 150  # the first frame, not a later one
