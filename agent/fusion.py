@@ -152,8 +152,6 @@ def explain(
     lines += [linked_sentence(f) for f in linked]
     if passed:
         lines.append("Passed: " + ", ".join(f.rule_id for f in passed) + ".")
-    if logic_note:
-        lines.append(logic_note)
     structural = components.get("structural")
     if structural is not None and structural >= threshold:
         lines.append(f"The structural detector sees a local defect (score {structural:.2f}).")
@@ -166,4 +164,8 @@ def explain(
     if composition is not None and composition >= threshold:
         lines.append(f"The mix of parts deviates from the references (composition score {composition:.2f}).")
         lines += list(composition_notes)[:3]
+    if logic_note:
+        # what the verdict rests on comes first; why some rules have no check (often several
+        # sentences, the same for every image of a rule set) follows it
+        lines.append(logic_note)
     return " ".join(lines) if len(lines) < 3 else "\n".join(lines)

@@ -65,6 +65,9 @@ def test_the_layout_detector_is_a_third_evidence_source():
     text = explain([], score=score, is_anomalous=True, threshold=0.5, components=comps,
                    layout_peak="(40, 40), top left of the image; this image lacks p2 (orange) there")
     assert "arrangement differs" in text and "lacks p2 (orange)" in text
+    note = "Logic check unavailable for rule(s) r1 (it failed a normal reference)."
+    text = explain([], score=score, is_anomalous=True, threshold=0.5, components=comps, logic_note=note)
+    assert note in text and text.index("arrangement differs") < text.index(note)  # the reason first
 
 
 def test_explanation_names_the_failed_rule_with_values():
