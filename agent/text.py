@@ -3,6 +3,8 @@ and a finding's values are printed the same way wherever people read them."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 #: a finding's explanation, and a rule's reason for having no check in a verdict's logic note
 EXPLANATION_CHARS = 300
 REASON_CHARS = 160
@@ -37,8 +39,6 @@ def format_value(value: object, limit: int = VALUE_CHARS) -> str:
 
 
 def _readable(value: object) -> str:
-    if isinstance(value, str):
-        return value
     if isinstance(value, list) and all(isinstance(v, dict) for v in value):
         if not value:
             return "none"
@@ -50,17 +50,15 @@ def _readable(value: object) -> str:
 
 
 def _components(components: list[dict]) -> str:
-    parts = sorted({str(c["part"]) for c in components})
+    per_part = Counter(str(c["part"]) for c in components)
     noun = "component" if len(components) == 1 else "components"
-    if len(parts) == 1:
-        return f"{len(components)} {noun} of {parts[0]}"
-    tally = ", ".join(f"{p} x{sum(str(c['part']) == p for c in components)}" for p in parts)
+    if len(per_part) == 1:
+        return f"{len(components)} {noun} of {next(iter(per_part))}"
+    tally = ", ".join(f"{p} x{n}" for p, n in sorted(per_part.items()))
     return f"{len(components)} {noun} ({tally})"
 
 
 def _compact(value: object) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value)
     if isinstance(value, float):
         return f"{value:.3g}"
     if isinstance(value, (list, tuple)):
