@@ -72,7 +72,9 @@ from .composition import CompositionScorer, Deviation
 #: 7: colour variants of one region (a tray white in some references, bluish in others) are one part
 #: 8: a colour seen in a single reference may join its part as a variant (a juice of another colour)
 #: 9: background-coloured areas lighter than the background at the border are product
-FORMAT_VERSION = 9
+#: 10: a piece of an unknown colour where a part lies in the references, with its shape, is that
+#:     part (``_stand_ins``; the places are saved)
+FORMAT_VERSION = 10
 #: lightness is noisier than hue under shading and specular highlights
 LIGHTNESS_WEIGHT = 0.4
 #: blur (downscaled pixels) before clustering: shading and texture speckle stay inside a part
@@ -145,6 +147,11 @@ VARIANT_AREA_RATIO = 0.67
 VARIANT_PLACE = 0.1
 #: ... and in no reference does the smaller of the two hold more than this share of the larger
 VARIANT_OVERLAP = 0.1
+#: a piece of no part stands in for a part (a juice or a cable of a colour the references do not
+#: show as that part) when a reference component of the part lay within STAND_IN_PLACE of its
+#: centre (relative to the product's box) with a shape within SHAPE_SPLIT_DISTANCE, and the
+#: image holds fewer components of that part than some reference did
+STAND_IN_PLACE = 0.1
 
 
 class _ShapeGroup:
@@ -285,6 +292,8 @@ class SceneParser:
         self._backbone = None
         self._fitted = False
         self._typical_area: dict[str, float] = {}  # part id -> median component area in the references
+        self._places: list = []  # (part id, is an object, place, scaled shape) of the references' components
+        self._place_max: dict[str, int] = {}
         self.reference_scenes: list[Scene] = []
         self.part_names: dict[str, str] = {}
 
@@ -406,12 +415,18 @@ class SceneParser:
             self._enlist_rare_regions()
         # a first parse, every piece counted, gives each part's typical component area
         self._typical_area = {}
+        self._places, self._place_max = [], {}
         first = [self._parse_small(s, size, lab) for s, size, lab in zip(smalls, sizes, labels)]
         if self._join_colour_variants(first):
             first = [self._parse_small(s, size, lab) for s, size, lab in zip(smalls, sizes, labels)]
         self._typical_area = self._typical_areas(first)
-        scenes = [self._parse_small(s, size, lab) for s, size, lab in zip(smalls, sizes, labels)]
+        places: list = []
+        scenes = [self._parse_small(s, size, lab, places) for s, size, lab in zip(smalls, sizes, labels)]
         self._fit_statistics(scenes)
+        self._learn_places(places, scenes)
+        if self._places:  # a reference may hold a stand-in too (the one orange juice of four)
+            scenes = [self._parse_small(s, size, lab) for s, size, lab in zip(smalls, sizes, labels)]
+            self._fit_statistics(scenes)
         self._grid = self._detect_grid(scenes)
         if self._grid is not None:
             scenes = [self._parse_small(s, size, lab) for s, size, lab in zip(smalls, sizes, labels)]
@@ -810,7 +825,10 @@ class SceneParser:
         labels = self._mark_things(labels, self._contrast(small, labels))
         return self._parse_small(small, size, labels)
 
-    def _parse_small(self, small: np.ndarray, size: tuple[int, int], labels: np.ndarray) -> Scene:
+    def _parse_small(self, small: np.ndarray, size: tuple[int, int], labels: np.ndarray,
+                     places: Optional[list] = None) -> Scene:
+        """Parse one downscaled image's labels. ``places``: a list that receives each counted
+        piece's (group, shape, place relative to the product's box), to learn where parts lie."""
         h, w = labels.shape
         sx, sy = size[0] / w, size[1] / h
         fg = ~np.isin(labels, list(self._background))
@@ -825,6 +843,7 @@ class SceneParser:
             by_cluster.setdefault(g.cluster, []).append(g)
         lab_img = rgb_to_lab(small)
         pieces: list[tuple[dict, _ShapeGroup]] = []
+        strays: list[tuple[dict, bool]] = []  # pieces of no part: (props, is an object)
         for c, groups in by_cluster.items():
             found = self._objects(labels, lab_img) if c == OBJECTS else self._regions(labels == c)
             for props in found:
@@ -834,7 +853,14 @@ class SceneParser:
                 g = min(groups, key=lambda gg: float(np.linalg.norm(gg.center - f)))
                 if not g.noise:
                     pieces.append((props, g))
+                elif self._places:
+                    strays.append((props, c == OBJECTS))
+        if strays:
+            pieces += self._stand_ins(strays, pieces, (x0, y0, pw, ph))
         counted = self._absorb_fragments(pieces, sx * sy)
+        if places is not None:
+            places += [(g, props["shape"], ((props["centroid"][0] - x0) / pw, (props["centroid"][1] - y0) / ph))
+                       for props, g in counted]
         for props, g in pieces:  # fragments are painted with their part, not counted
             segmentation[props["slice"]][props["mask"]] = part_ids.index(g.part_id) + 1
         for props, g in counted:
@@ -873,6 +899,48 @@ class SceneParser:
             grid=None if self._grid is None else (len(self._grid[1]) + 1, len(self._grid[0]) + 1),
             parts=parts, components=comps, segmentation=segmentation,
         )
+
+    def _stand_ins(self, strays: list[tuple[dict, bool]], pieces: list[tuple[dict, "_ShapeGroup"]],
+                   box: tuple[int, int, int, int]) -> list[tuple[dict, "_ShapeGroup"]]:
+        """Pieces of no part that stand in for a part: of the part's kind (region or object),
+        where a component of it lay in a reference, with its shape, and while the image holds
+        fewer of that part than some reference did. Their colour is not asked: a juice or a cable
+        of a colour that no reference shows as that part is still that part, and its colour is
+        measured (a rule can then say it is the wrong colour, rather than that it is missing)."""
+        x0, y0, pw, ph = box
+        group_of = {g.part_id: g for g in self._groups if not g.noise}
+        have: dict[str, int] = {}
+        for _, g in pieces:
+            have[g.part_id] = have.get(g.part_id, 0) + 1
+        out = []
+        for props, is_object in sorted(strays, key=lambda t: -t[0]["area"]):
+            shape = props["shape"][:len(SHAPE_SCALES)] / SHAPE_SCALES
+            rx, ry = (props["centroid"][0] - x0) / pw, (props["centroid"][1] - y0) / ph
+            best, best_d = None, np.inf
+            for pid, obj, place, ref_shape in self._places:
+                if pid not in group_of or have.get(pid, 0) >= self._place_max.get(pid, 0):
+                    continue
+                if abs(place[0] - rx) > STAND_IN_PLACE or abs(place[1] - ry) > STAND_IN_PLACE:
+                    continue
+                d = float(np.linalg.norm(shape - ref_shape))
+                if d <= SHAPE_SPLIT_DISTANCE and d < best_d:
+                    best, best_d = pid, d
+            if best is not None:
+                out.append((props, group_of[best]))
+                have[best] = have.get(best, 0) + 1
+        return out
+
+    def _learn_places(self, places: list, scenes: Sequence[Scene]) -> None:
+        """Where each part's components lie in the references, with their shapes (colour left
+        out), for ``_stand_ins``; and the most components of each part one reference held."""
+        self._places = [(g.part_id, g.cluster == OBJECTS, (float(p[0]), float(p[1])),
+                         shape[:len(SHAPE_SCALES)] / SHAPE_SCALES)
+                        for g, shape, p in places if not g.noise]
+        per_part: dict[str, list[int]] = {}
+        for scene in scenes:
+            for pid, n in scene.counts().items():
+                per_part.setdefault(pid, []).append(n)
+        self._place_max = {pid: int(np.ceil(np.median(ns))) for pid, ns in per_part.items()}
 
     def _absorb_fragments(self, pieces: list[tuple[dict, "_ShapeGroup"]], px_area: float) -> list[tuple[dict, "_ShapeGroup"]]:
         """A piece much smaller than its part's components in the references, lying next to a
@@ -955,6 +1023,8 @@ class SceneParser:
             counts = {rename[k]: v for k, v in counts.items()}
             areas = {rename[k]: v for k, v in areas.items()}
             self._typical_area = {rename[k]: v for k, v in getattr(self, "_typical_area", {}).items()}
+            self._places = [(rename.get(pid, pid), *rest) for pid, *rest in self._places]
+            self._place_max = {rename.get(k, k): v for k, v in self._place_max.items()}
         info: dict[str, dict] = {}
         for p in self.part_ids():
             comps = [c for s in scenes for c in s.components if c.part == p]
@@ -1096,6 +1166,8 @@ class SceneParser:
                                                    "scale": self._pca_scale},
             "groups": [g.to_dict() for g in self._groups],
             "typical_area": self._typical_area,
+            "places": [[pid, obj, list(place), shape.tolist()] for pid, obj, place, shape in self._places],
+            "place_max": self._place_max,
             "grid": None if self._grid is None else [list(self._grid[0]), list(self._grid[1])],
             "part_names": self.part_names,
             "part_info": {p: {**{k: v for k, v in i.items() if not isinstance(v, Stats)},
@@ -1135,6 +1207,9 @@ class SceneParser:
             obj._pca_scale = float(data["pca"]["scale"])
         obj._groups = [_ShapeGroup.from_dict(g) for g in data["groups"]]
         obj._typical_area = {str(k): float(v) for k, v in data["typical_area"].items()}
+        obj._places = [(str(pid), bool(o), (float(p[0]), float(p[1])), np.asarray(sh, float))
+                       for pid, o, p, sh in data["places"]]
+        obj._place_max = {str(k): int(v) for k, v in data["place_max"].items()}
         obj._grid = None if data["grid"] is None else (list(data["grid"][0]), list(data["grid"][1]))
         obj.part_names = dict(data["part_names"])
         obj._part_info = {p: {k: (Stats.model_validate(v) if k.startswith("ref_") else v) for k, v in i.items()}
