@@ -470,6 +470,25 @@ def test_a_region_of_a_rare_colour_at_a_parts_place_stands_in_for_it(tmp_path, m
     assert [sum(c.area_frac > 0.3 for c in s.components) for s in apart.reference_scenes] == [1, 1, 1, 0]
 
 
+GREEN_TRAY = (60, 160, 70)
+
+
+def test_a_tray_of_a_colour_no_reference_shows_is_still_the_tray(monkeypatch):
+    """Four white references; a green tray's colour formed no piece in any of them, so its
+    cluster has no part at all. Where the tray lies, with the tray's shape, it stands in for the
+    tray: counted once, its colour measured as green. Without stand-ins the image has no tray."""
+    rng = np.random.default_rng(7)
+    refs = [_two_tone_tray(rng, WHITE_TRAY) for _ in range(4)]
+    parser, tray = _fit_one_tray(refs)
+    green = _two_tone_tray(rng, GREEN_TRAY)
+    trays = [c for c in parser.parse(green).components if c.part == tray]
+    assert len(trays) == 1 and trays[0].area_frac > 0.3
+    assert trays[0].color_name == "green", trays[0].color_name
+
+    monkeypatch.setattr(SceneParser, "_stand_ins", lambda self, strays, pieces, box: [])
+    assert parser.parse(green).part(tray).count == 0
+
+
 def _share_scene(shares: dict[str, float]) -> Scene:
     """A scene holding one component per part, covering ``shares`` of the product at its centre."""
     from detectors.schema import Component, Part

@@ -858,6 +858,11 @@ class SceneParser:
                     pieces.append((props, g))
                 elif self._places:
                     strays.append(props)
+        if self._places:  # a colour that formed no piece in the references (a juice of a new colour)
+            for c in sorted(self._carriers - set(by_cluster)):
+                mask = labels == c
+                if mask.any():
+                    strays += self._regions(mask)
         if strays:
             pieces += self._stand_ins(strays, pieces, (x0, y0, pw, ph))
         counted = self._absorb_fragments(pieces, sx * sy)
