@@ -74,7 +74,8 @@ _STOP_NOTES = (REPEATED_ANSWER, BUDGET_SPENT)
 #: 4: a check must be able to fail: on counterfactual copies of a reference (``_vacuous``)
 #: 5: ... and its observed value must change on them
 #: 6: the references with their components listed in reverse order join the altered copies
-VALIDATION_VERSION = 6
+#: 7: a steady value is calibrated only if it does not follow a part count that the references vary
+VALIDATION_VERSION = 7
 #: calibration needs a leave-one-out range of at least two references for each reference
 MIN_CALIBRATION_REFERENCES = 3
 SYSTEM_PROMPT = (
@@ -597,6 +598,9 @@ class LogiCodeGenerator:
                                 + ", ".join(_describe_value(v) for v in measured)
                                 + "), so it cannot be judged against them either.")
                     return None, problem, "\n".join(observations), False
+                coincidence = self._steady_by_coincidence(source, fname, references, measured[0])
+                if coincidence is not None:
+                    return None, problem + " " + coincidence, "\n".join(observations), False
                 calibrated, why_not = self._calibrate(source, fname, rule, references)
                 if calibrated is not None:
                     unstable = self._unstable(calibrated, fname, references, variants)
@@ -689,6 +693,37 @@ class LogiCodeGenerator:
                 "removed, added, resized, moved or recoloured it never reports the rule as violated, so it "
                 "checks nothing. Compare the measurement with the number the rule states or with the "
                 "references, not with itself.")
+
+    def _steady_by_coincidence(self, source: str, fname: str, references: list[dict], observed: Any) -> Optional[str]:
+        """Why the value that every reference measures is a coincidence, or None. Calibration
+        trusts a value that all references share, but a sum of counts that vary between them can
+        still come out the same: on the synthetic splicing connectors the model counted clamps
+        plus connectors (5 + 3 and 6 + 2, 8 in all four references), the agent calibrated "8",
+        and normal images with other clamp counts failed, 4 of 8. Here the first reference gets
+        one component fewer of each part whose count differs between the references; if the
+        measurement moves with such a part, it follows a count the references do not hold
+        steady, and the shared value says nothing about the next normal image."""
+        counts: dict[str, set] = {}
+        for scene in references:
+            for entry in scene.get("parts") or []:
+                counts.setdefault(str(entry.get("id")), set()).add(entry.get("count"))
+        unsteady = sorted(p for p, seen in counts.items() if len(seen) > 1 and any(
+            c.get("part") == p for c in references[0].get("components") or []))
+        if not unsteady:
+            return None
+        copies = [{"reference": 0, "scene": _edited(references[0], p, lambda cs: cs[1:])} for p in unsteady]
+        res = self.run(_against_others_driver(source, fname, catch_errors=True), "check_against_others",
+                       {"scenes": copies, "references": references})
+        if not res.ok or not isinstance(res.value, list):
+            return None  # it could not be judged: the other tests stand
+        followed = [p for p, out in zip(unsteady, res.value) if isinstance(out, dict) and not out.get("error")
+                    and _observation_key(out.get("observed")) != _observation_key(observed)]
+        if not followed:
+            return None
+        seen = "; ".join(f"{p}: " + ", ".join(str(c) for c in sorted(counts[p], key=str)) for p in followed)
+        return (f"Its observed value is the same on every reference, but it follows the count of "
+                f"{', '.join(followed)}, which differs between the normal references ({seen}): the shared "
+                "value is a coincidence, not what a normal image holds.")
 
     def _run_against_others(self, source: str, fname: str, scenes: Sequence[dict], references: list[dict]):
         """Run ``fname`` on ``{"reference": i, "scene": ...}`` items, each against the references but the i-th."""

@@ -195,6 +195,47 @@ def test_a_measurement_that_varies_between_the_references_is_not_calibrated():
     assert "Its observed value varies between the normal references (1, 3, 8)" in r1.problems[0]
 
 
+def _two_part_scene(n_pins: int, n_caps: int) -> dict:
+    """``n_pins`` components of p1 and ``n_caps`` of p2 (a second kind of piece)."""
+    scene = _scene(n_pins)
+    caps = _scene(n_caps)
+    for c in caps["components"]:
+        c["part"], c["id"] = "p2", c["id"] + n_pins
+    scene["components"] += caps["components"]
+    scene["parts"].append({**caps["parts"][0], "id": "p2", "description": "round cap"})
+    return scene
+
+
+def test_a_steady_sum_of_counts_that_vary_between_the_references_is_not_calibrated():
+    # Clamps plus connectors came to 8 in all four references of the synthetic splicing
+    # connectors (5 + 3, 6 + 2) and the calibrated "8" then failed half the normal images. Here
+    # pins plus caps read 4 on every reference (3 + 1, 2 + 2, 1 + 3): a coincidence, not a value.
+    varied = [_two_part_scene(3, 1), _two_part_scene(2, 2), _two_part_scene(1, 3)]
+    summed = ("```python\ndef check_r1(scene, references):\n"
+              "    n = lc.count(scene, 'p1') + lc.count(scene, 'p2')\n"
+              "    return lc.finding('r1', n == 2, n, 2, 'pins and caps')\n```")
+    present = ("```python\ndef check_r1(scene, references):\n    n = lc.count(scene, 'p1')\n"
+               "    return lc.finding('r1', n >= 1, n, 'at least 1')\n```")
+    model = ScriptedModel({"r1": [summed, present], "r2": [GOOD_R2]})
+    program = _generate(model, refs=varied)
+    r1 = program.functions[0]
+    assert r1.ok and not r1.calibrated and r1.attempts == 2
+    assert "it follows the count of p1, p2, which differs between the normal references" in r1.problems[0]
+    assert "p1: 1, 2, 3" in r1.problems[0]
+
+
+def test_a_steady_value_that_no_varying_count_moves_is_still_calibrated():
+    # the same references, but the check reads only whether caps are present (1 on every
+    # reference, whatever the counts): one cap fewer on the first reference (2 caps) does not move
+    # it, so its steady value is trusted
+    varied = [_two_part_scene(2, 2), _two_part_scene(3, 1), _two_part_scene(1, 3)]
+    capped = ("```python\ndef check_r1(scene, references):\n"
+              "    n = min(lc.count(scene, 'p2'), 1)\n"
+              "    return lc.finding('r1', n == 2, n, 2, 'caps present')\n```")
+    program = _generate(ScriptedModel({"r1": [capped], "r2": [GOOD_R2]}), refs=varied)
+    assert program.functions[0].ok and program.functions[0].calibrated
+
+
 @pytest.mark.parametrize("observed", ["n == 2", "None", "lc.total_area(scene, 'p1')"],
                          ids=["verdict", "missing", "continuous"])
 def test_a_verdict_a_missing_value_or_a_continuous_quantity_is_not_calibrated(observed):
