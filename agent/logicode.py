@@ -720,7 +720,8 @@ class LogiCodeGenerator:
                     and _observation_key(out.get("observed")) != _observation_key(observed)]
         if not followed:
             return None
-        seen = "; ".join(f"{p}: " + ", ".join(str(c) for c in sorted(counts[p], key=str)) for p in followed)
+        seen = "; ".join(f"{p}: " + ", ".join(str(c) for c in sorted(c for c in counts[p] if isinstance(c, int)))
+                         for p in followed)
         return (f"Its observed value is the same on every reference, but it follows the count of "
                 f"{', '.join(followed)}, which differs between the normal references ({seen}): the shared "
                 "value is a coincidence, not what a normal image holds.")

@@ -46,6 +46,10 @@ GOOD_R2 = (
     "    return lc.finding('r2', ok, observed, lc.typical(references, lambda s: max(lc.lengths(s, 'p1'), default=0)), 'pin length')\n```"
 )
 
+#: a repair that measures the pins but judges only their presence (not calibrated: nothing to fix)
+PRESENT_R1 = ("```python\ndef check_r1(scene, references):\n    n = lc.count(scene, 'p1')\n"
+              "    return lc.finding('r1', n >= 1, n, 'at least 1')\n```")
+
 
 def _rule_asked(messages) -> str:
     """The rule id a LogiCode request asks a check for."""
@@ -186,9 +190,7 @@ def test_a_steady_measurement_with_a_wrong_verdict_is_calibrated_on_the_referenc
 def test_a_measurement_that_varies_between_the_references_is_not_calibrated():
     varied = [_scene(1), _scene(3), _scene(8)]
     wrong = GOOD_R1.replace("n == 3, n, 3", "n == 2, n, 2")
-    present = ("```python\ndef check_r1(scene, references):\n    n = lc.count(scene, 'p1')\n"
-               "    return lc.finding('r1', n >= 1, n, 'at least 1')\n```")
-    model = ScriptedModel({"r1": [wrong, present], "r2": [GOOD_R2]})
+    model = ScriptedModel({"r1": [wrong, PRESENT_R1], "r2": [GOOD_R2]})
     program = _generate(model, refs=varied)
     r1 = program.functions[0]
     assert r1.ok and not r1.calibrated and r1.attempts == 2
@@ -214,9 +216,7 @@ def test_a_steady_sum_of_counts_that_vary_between_the_references_is_not_calibrat
     summed = ("```python\ndef check_r1(scene, references):\n"
               "    n = lc.count(scene, 'p1') + lc.count(scene, 'p2')\n"
               "    return lc.finding('r1', n == 2, n, 2, 'pins and caps')\n```")
-    present = ("```python\ndef check_r1(scene, references):\n    n = lc.count(scene, 'p1')\n"
-               "    return lc.finding('r1', n >= 1, n, 'at least 1')\n```")
-    model = ScriptedModel({"r1": [summed, present], "r2": [GOOD_R2]})
+    model = ScriptedModel({"r1": [summed, PRESENT_R1], "r2": [GOOD_R2]})
     program = _generate(model, refs=varied)
     r1 = program.functions[0]
     assert r1.ok and not r1.calibrated and r1.attempts == 2
